@@ -1,0 +1,64 @@
+# page4d-lightning: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU test machines install this pair from the local wheel cache; GPU clusters may set their own,
+# e.g. `make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DATASET ?= synthetic
+EXPERIMENT := experiments/$(DATASET).yaml
+DATA_ROOT ?=
+CKPT ?= checkpoints/$(DATASET)/last.ckpt
+ARGS ?=
+
+.PHONY: help install venv check-experiment train validate test lint format bench tensorboard clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: DATASET=$(DATASET) DATA_ROOT=<dataset root> CKPT=<checkpoint> ARGS='<extra CLI flags>'"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]' $(TORCH_SPEC)
+	touch $@
+
+install: $(VENV)/.installed ## create .venv (if missing) and install the package with its test extra
+
+venv: install
+
+check-experiment:
+	@if [ ! -f "$(EXPERIMENT)" ]; then \
+		echo "unknown DATASET=$(DATASET): no $(EXPERIMENT). Available experiments:" >&2; \
+		for f in experiments/*.yaml; do b=$${f##*/}; echo "  $${b%.yaml}" >&2; done; \
+		exit 2; \
+	fi
+
+train: check-experiment install ## train: `make train [DATASET=synthetic] [DATA_ROOT=/data/x] [ARGS=...]`
+	$(VENV)/bin/page4d fit --config $(EXPERIMENT) $(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) $(ARGS)
+
+validate: check-experiment install ## validate a checkpoint: `make validate [DATASET=..] [CKPT=..]`
+	$(VENV)/bin/page4d validate --config $(EXPERIMENT) --ckpt_path $(CKPT) $(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) $(ARGS)
+
+test: install ## run the test suite (CPU)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install ## ruff lint
+	$(VENV)/bin/ruff check .
+
+format: install ## ruff format + import sorting
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
+
+bench: install ## speed / memory benchmarks -> benchmarks/results/*.json
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+tensorboard: install ## open TensorBoard on the run outputs under checkpoints/
+	$(VENV)/bin/tensorboard --logdir checkpoints
+
+clean: ## remove caches and build outputs (keeps .venv and checkpoints/)
+	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache lightning_logs benchmarks/results
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
