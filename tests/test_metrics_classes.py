@@ -1,4 +1,7 @@
-"""PoseMetrics / DepthMetrics: class values equal the functional averages; reset; merged (synced) states."""
+"""PoseMetrics / DepthMetrics: class values equal the functional averages; reset; merged (synced) states.
+
+The real 2-process DDP sync of all four classes: test_metrics_ddp.py.
+"""
 
 import warnings
 
@@ -7,7 +10,7 @@ import torch
 
 from page4d_lightning.geometry import quat_to_rotmat
 from page4d_lightning.metrics import DepthMetrics, PoseMetrics
-from page4d_lightning.metrics.functional import DEPTH_KEYS, POSE_KEYS, depth_errors, pose_errors
+from page4d_lightning.metrics.functional import DEPTH_KEYS, POSE_KEYS, depth_errors, pose_auc, pose_errors
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -33,10 +36,13 @@ def test_pose_metrics_mean_over_clips_and_reset():
     for pred, gt in clips:
         metric.update(pred, gt)
     result = metric.compute()
-    assert set(result) == set(POSE_KEYS)
+    assert set(result) == {*POSE_KEYS, "auc_30"}
     for key in POSE_KEYS:
         per_clip = [pose_errors(p[b], g[b])[key] for p, g in clips for b in range(2)]
         torch.testing.assert_close(result[key], torch.stack(per_clip).mean())
+    histogram = sum(pose_auc(p, g)["histogram"].sum(0) for p, g in clips)  # pairs pooled over clips
+    torch.testing.assert_close(result["auc_30"], (histogram / (4 * 10)).cumsum(0).mean())
+    assert metric.skipped.item() == 0
     metric.reset()
     assert metric.count.item() == 0
     pred, gt = clips[1]
@@ -52,11 +58,11 @@ def test_pose_metrics_merged_states_equal_single_process():
     rank0.update(*clips[0])
     rank1.update(*clips[1])
     rank0.merge_state(rank1)  # what a sum all-reduce does in DDP
-    for key in POSE_KEYS:
+    for key in (*POSE_KEYS, "auc_30"):
         torch.testing.assert_close(rank0.compute()[key], full.compute()[key])
 
 
-@pytest.mark.parametrize(("align", "per"), [("median", "frame"), ("scale_shift", "sequence")])
+@pytest.mark.parametrize(("align", "per"), [("median", "frame"), ("scale", "sequence")])
 def test_depth_metrics_pixel_weighted_mean_and_reset(align, per):
     metric = DepthMetrics(align=align, per=per)
     batches = [_depths(2, 3, seed) for seed in (1, 2)]

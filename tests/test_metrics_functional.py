@@ -1,4 +1,7 @@
-"""metrics/functional.py: pose errors against evo, depth errors against hand values and numpy lstsq."""
+"""metrics/functional.py: pose errors against evo, depth errors against hand values and numpy lstsq.
+
+Degenerate poses and AUC: test_metrics_pose.py; official depth alignments: test_metrics_depth.py.
+"""
 
 import math
 
@@ -9,7 +12,7 @@ from evo.core import metrics as evo_metrics
 from evo.core import trajectory
 
 from page4d_lightning.geometry import quat_to_rotmat, se3_inverse, to_homogeneous
-from page4d_lightning.metrics.functional import DEPTH_KEYS, depth_errors, pose_errors
+from page4d_lightning.metrics.functional import DEPTH_ALIGNERS, DEPTH_KEYS, depth_errors, pose_errors
 
 F64 = torch.float64
 
@@ -113,7 +116,7 @@ def _depth_clip(seed: int = 6, S: int = 3, H: int = 6, W: int = 7) -> torch.Tens
     return gt * (torch.rand(S, H, W, generator=g) > 0.25)  # 0 = invalid
 
 
-@pytest.mark.parametrize("align", ["none", "median", "scale", "scale_shift"])
+@pytest.mark.parametrize("align", sorted(DEPTH_ALIGNERS))
 @pytest.mark.parametrize("per", ["frame", "sequence"])
 def test_depth_perfect(align, per):
     gt = _depth_clip()
@@ -131,7 +134,9 @@ def test_depth_scaled_prediction_aligns_to_zero():
     assert depth_errors(per_frame, gt, align="median")["abs_rel"].item() == pytest.approx(0.0, abs=1e-12)
     assert depth_errors(per_frame, gt, align="none")["abs_rel"].item() > 0.5
     assert depth_errors(gt * 4.0, gt, align="scale")["abs_rel"].item() == pytest.approx(0.0, abs=1e-12)
-    assert depth_errors(gt * 0.3 + 2.0, gt, align="scale_shift")["rmse"].item() == pytest.approx(0.0, abs=1e-10)
+    assert depth_errors(gt * 4.0, gt, align="scale_lstsq")["abs_rel"].item() == pytest.approx(0.0, abs=1e-12)
+    shifted = gt * 0.3 + 2.0
+    assert depth_errors(shifted, gt, align="scale_shift_lstsq")["rmse"].item() == pytest.approx(0.0, abs=1e-10)
 
 
 def test_depth_hand_computed_none():
@@ -165,17 +170,17 @@ def test_depth_hand_computed_median_and_per():
     assert frame["valid_pixels"].item() == seq["valid_pixels"].item() == 4
 
 
-def test_depth_scale_shift_matches_numpy_lstsq():
+def test_depth_lstsq_aligners_match_numpy_lstsq():
     gt = _depth_clip(seed=7)
     pred = 0.7 * gt + 0.4 + 0.2 * torch.rand(gt.shape, generator=_gen(8), dtype=F64)
     m = (gt > 0).numpy()
     A = np.stack([pred.numpy()[m], np.ones(m.sum())], 1)
     (s, t), *_ = np.linalg.lstsq(A, gt.numpy()[m], rcond=None)
     aligned = s * pred.numpy()[m] + t
-    out = depth_errors(pred, gt, align="scale_shift", per="sequence")
+    out = depth_errors(pred, gt, align="scale_shift_lstsq", per="sequence")
     assert out["rmse"].item() == pytest.approx(np.sqrt(np.mean((aligned - gt.numpy()[m]) ** 2)), rel=1e-9)
     s_only = (pred.numpy()[m] @ gt.numpy()[m]) / (pred.numpy()[m] @ pred.numpy()[m])
-    out = depth_errors(pred, gt, align="scale", per="sequence")
+    out = depth_errors(pred, gt, align="scale_lstsq", per="sequence")
     expected = np.mean(np.abs(s_only * pred.numpy()[m] - gt.numpy()[m]) / gt.numpy()[m])
     assert out["abs_rel"].item() == pytest.approx(expected, rel=1e-9)
 

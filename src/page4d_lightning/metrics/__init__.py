@@ -1,7 +1,8 @@
 """torchmetrics.Metric classes for evaluation (sum states, DDP-synced); pure-torch twins in `functional`."""
 
 from page4d_lightning.metrics.depth import DepthMetrics
+from page4d_lightning.metrics.points import PointMetrics
 from page4d_lightning.metrics.pose import PoseMetrics
+from page4d_lightning.metrics.tracking import TrackingMetrics
 
-# PointMetrics and TrackingMetrics are added here by their own modules (points.py, tracking.py).
-__all__ = ["DepthMetrics", "PoseMetrics"]
+__all__ = ["DepthMetrics", "PointMetrics", "PoseMetrics", "TrackingMetrics"]
