@@ -291,8 +291,9 @@ def normalize_clip(batch: dict) -> dict:
 
     first = extr[:, :1]  # (B, 1, 3|4, 4): camera 0 of each clip
     new_extr = se3_compose(extr[..., :3, :], se3_inverse(first[..., :3, :]))  # (B, S, 3, 4)
-    R0, t0 = first[..., None, None, :3, :3], first[..., None, None, :3, 3]  # (B, 1, 1, 1, 3, 3): over S, H, W
-    new_world = (R0 @ world[..., None])[..., 0] + t0  # camera 0's frame
+    R0, t0 = first[:, 0, :3, :3], first[:, 0, :3, 3]  # (B, 3, 3), (B, 3)
+    # (B, S*H*W, 3) @ (B, 3, 3)^T: one batched matmul instead of S*H*W tiny 3x3 products
+    new_world = (world.reshape(B, -1, 3) @ R0.transpose(-1, -2) + t0[:, None]).reshape(world.shape)
 
     dist = torch.where(masks, new_world.norm(dim=-1), torch.zeros_like(new_world[..., 0]))
     scale = (dist.sum((1, 2, 3)) / (masks.sum((1, 2, 3)) + 1e-3)).clamp(1e-6, 1e6)  # (B,)

@@ -1,0 +1,249 @@
+"""`Page4DModule`: the LightningModule that trains, validates, tests and runs PAGE-4D.
+
+It holds the pure `PAGE4D` network as `self.model` and adds the loss, the optimiser, the metrics and
+logging. One `_shared_step(batch, stage)` serves train / val / test: a batch with NaN/inf, or a step
+whose loss is not finite, is skipped with a warning and counted; `max_bad_steps` consecutive skipped
+training steps stop the run (the last good checkpoint stays on disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from page4d_lightning.geometry import pose_encoding_to_extri_intri
+from page4d_lightning.losses import MultitaskLoss
+from page4d_lightning.metrics import DepthMetrics, PoseMetrics
+from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOSS: dict[str, dict[str, Any]] = {
+    "camera": {"weight": 5.0, "loss_type": "l1"},
+    "depth": {"weight": 1.0, "gamma": 0.3, "alpha": 0.06, "gradient_loss_fn": "grad", "valid_range": 0.98},
+    "point": {"weight": 1.0, "gradient_loss_fn": "normal", "valid_range": 0.98},
+    "track": {"weight": 0.0},
+}
+"""The official training loss configuration (VGGT / PAGE-4D `training_final.yaml`)."""
+
+PRESETS = {"tiny": PAGE4DConfig.tiny, "vggt_1b": PAGE4DConfig.vggt_1b}
+
+
+def find_non_finite(batch: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of `batch` that hold NaN or inf."""
+    return [
+        k for k, v in batch.items() if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+
+
+def _clip_names(batch: dict[str, Any]) -> str:
+    datasets, seqs = batch.get("dataset", []), batch.get("seq_name", [])
+    return ", ".join(f"{d}/{s}" for d, s in zip(datasets, seqs)) or "<unnamed clips>"
+
+
+class Page4DModule(L.LightningModule):
+    """PAGE-4D training / evaluation wrapper.
+
+    Args:
+        preset: model preset name, "tiny" or "vggt_1b".
+        model_overrides: PAGE4DConfig fields to override (e.g. `{"enable_track": false}`).
+        weights: optional checkpoint to load into the model (VGGT-1B, PAGE-4D, safetensors or own export).
+        track_head_weights: VGGT-1B file that fills the track head when `weights` lacks it.
+        loss: per-task loss configs in the official layout (see `DEFAULT_LOSS`).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: linear warm-up share of the run, then cosine decay to `min_lr`.
+        min_lr: learning rate at the start of warm-up and at the end of the run.
+        mask_strength: dynamics-bias strength used when no schedule callback sets it.
+        max_bad_steps: consecutive skipped (non-finite) training steps before the run stops.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        model_overrides: dict[str, Any] | None = None,
+        weights: str | None = None,
+        track_head_weights: str | None = None,
+        loss: dict[str, dict[str, Any]] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        min_lr: float = 1e-8,
+        mask_strength: float = 0.0,
+        max_bad_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction: expected in [0, 1), got {warmup_fraction}")
+        self.save_hyperparameters()
+        self.bad_steps_total = 0
+        self.bad_steps_in_a_row = 0
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ------------------------------------------------------------------------------------ configure
+    def configure_models(self) -> None:
+        config = PRESETS[self.hparams.preset]()
+        for key, value in (self.hparams.model_overrides or {}).items():
+            if not hasattr(config, key):
+                raise ValueError(f"model_overrides: PAGE4DConfig has no field {key!r}")
+            setattr(config, key, value)
+        self.model = PAGE4D(config)
+        if self.hparams.weights:
+            load_weights(self.model, self.hparams.weights, track_head_from=self.hparams.track_head_weights)
+        self.model.set_mask_strength(self.hparams.mask_strength)
+
+    def configure_losses(self) -> None:
+        self.loss = MultitaskLoss(**(self.hparams.loss if self.hparams.loss is not None else DEFAULT_LOSS))
+
+    def configure_metrics(self) -> None:
+        # "<stage>" holds the figures over all clips, "<stage>/<dataset>" those of one dataset; the
+        # per-dataset entries are created as datasets appear (and on every rank before syncing)
+        self.eval_metrics = torch.nn.ModuleDict({s: self._new_metrics() for s in ("val", "test")})
+
+    @staticmethod
+    def _new_metrics() -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({"pose": PoseMetrics(), "depth": DepthMetrics(align="median", per="frame")})
+
+    def _metrics(self, key: str) -> torch.nn.ModuleDict:
+        if key not in self.eval_metrics:
+            self.eval_metrics[key] = self._new_metrics().to(self.device)
+        return self.eval_metrics[key]
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, images: Tensor, query_points: Tensor | None = None) -> dict[str, Any]:
+        return self.model(images, query_points=query_points)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
+        bad = find_non_finite(batch)
+        if bad:
+            self._skip(stage, f"batch has NaN/inf in {bad} (clips: {_clip_names(batch)})")
+            return None
+        query = batch["tracks"][:, 0] if self.model.config.enable_track and "tracks" in batch else None
+        predictions = self.model(batch["images"], query_points=query)
+        terms = self.loss(predictions, batch)
+        objective = terms["objective"]
+        if not torch.isfinite(objective):
+            names = [k for k, v in terms.items() if not torch.isfinite(v)]
+            self._skip(stage, f"non-finite loss terms {names} (clips: {_clip_names(batch)})")
+            return None
+        if stage == "train":
+            self.bad_steps_in_a_row = 0
+        bsz = batch["images"].shape[0]
+        self.log(f"{stage}/loss", objective, prog_bar=True, batch_size=bsz, sync_dist=stage != "train")
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "objective"},
+            batch_size=bsz,
+            sync_dist=stage != "train",
+        )
+        if stage in ("val", "test"):
+            self._update_metrics(predictions, batch, stage)
+        return objective
+
+    def _skip(self, stage: str, reason: str) -> None:
+        rank_zero_warn(f"{stage} step {self.global_step} skipped: {reason}")
+        if stage != "train":
+            return
+        self.bad_steps_total += 1
+        self.bad_steps_in_a_row += 1
+        self.log("train/skipped_steps", float(self.bad_steps_total), batch_size=1)
+        if self.bad_steps_in_a_row >= self.hparams.max_bad_steps:
+            logger.error(
+                "stopping: %d consecutive training steps were skipped for non-finite values; "
+                "check the data (`page4d data inspect`) and the learning rate",
+                self.bad_steps_in_a_row,
+            )
+            self.trainer.should_stop = True
+
+    def _update_metrics(self, predictions: dict[str, Any], batch: dict[str, Any], stage: str) -> None:
+        hw = tuple(batch["images"].shape[-2:])
+        pred_extrinsics, _ = pose_encoding_to_extri_intri(predictions["pose_enc"].float(), hw)
+        pred_depth = predictions["depth"][..., 0].float()
+        gt_depth = batch["depths"] * batch["point_masks"]
+        names = list(batch.get("dataset", ["unknown"] * pred_depth.shape[0]))
+        groups = {stage: slice(None)} | {
+            f"{stage}/{name}": torch.tensor([i for i, n in enumerate(names) if n == name], device=pred_depth.device)
+            for name in set(names)
+        }
+        for key, index in groups.items():
+            metrics = self._metrics(key)
+            metrics["pose"].update(pred_extrinsics[index], batch["extrinsics"][index])
+            metrics["depth"].update(pred_depth[index], gt_depth[index])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        keys = sorted(k for k in self.eval_metrics if k == stage or k.startswith(f"{stage}/"))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            # every rank must hold (and sync) the same metrics, even for a dataset it never saw
+            gathered: list[list[str]] = [[] for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(gathered, keys)
+            keys = sorted({k for rank_keys in gathered for k in rank_keys})
+        for key in keys:
+            metrics = self._metrics(key)
+            if metrics["pose"].update_count == 0 and not distributed:
+                continue
+            values = {**metrics["pose"].compute(), **metrics["depth"].compute()}
+            self.log_dict({f"{key}/{k}": v for k, v in values.items() if v.numel() == 1})
+            metrics["pose"].reset()
+            metrics["depth"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Predictions decoded to cameras, on the CPU: extrinsics (B,S,3,4), intrinsics, depth, masks."""
+        predictions = self.model(batch["images"])
+        hw = tuple(batch["images"].shape[-2:])
+        extrinsics, intrinsics = pose_encoding_to_extri_intri(predictions["pose_enc"].float(), hw)
+        out = {
+            "extrinsics": extrinsics,
+            "intrinsics": intrinsics,
+            "depth": predictions["depth"][..., 0],
+            "depth_conf": predictions["depth_conf"],
+            "world_points": predictions["world_points"],
+            "world_points_conf": predictions["world_points_conf"],
+            "dynamic_mask": predictions["dynamic_mask"],
+        }
+        out = {k: v.detach().float().cpu() for k, v in out.items()}
+        out["seq_name"] = batch.get("seq_name", [str(batch_idx)] * extrinsics.shape[0])
+        return out
+
+    # ------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: the freeze policy froze the whole model")
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+        floor = self.hparams.min_lr / self.hparams.lr
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return floor + (1.0 - floor) * step / max(1, warmup)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
