@@ -78,7 +78,8 @@ class SyntheticDynamicDataset(Dataset):
 
     `root` is ignored (kept for the common dataset signature). `image_size` is the width W (a multiple of
     14); H = round(W * aspect_ratio / 14) * 14, at least 14. Clip `index` is a pure function of
-    (seed, split, index). Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
+    (seed, split, index). Frames are `frame_interval` seconds apart (larger = more motion per clip).
+    Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
     `page4d_lightning.geometry.normalize_sample` (which adds `scale`).
     """
 
@@ -94,7 +95,10 @@ class SyntheticDynamicDataset(Dataset):
         num_objects: tuple[int, int] = (1, 4),
         num_tracks: int = 64,
         split: str = "train",
+        frame_interval: float = 0.1,
     ) -> None:
+        if not frame_interval > 0:
+            raise ValueError(f"frame_interval: expected seconds between frames > 0, got {frame_interval}")
         if image_size <= 0 or image_size % 14:
             raise ValueError(f"image_size: expected a positive multiple of 14 (the width W), got {image_size}")
         if num_frames < 1:
@@ -115,6 +119,7 @@ class SyntheticDynamicDataset(Dataset):
         self.num_objects = (int(num_objects[0]), int(num_objects[1]))
         self.num_tracks = num_tracks
         self.split = split
+        self.frame_interval = frame_interval
 
     def __len__(self) -> int:
         return self.num_clips
@@ -122,7 +127,7 @@ class SyntheticDynamicDataset(Dataset):
     def build_scene(self, index: int) -> tuple[Scene, torch.Generator]:
         """The scene of clip `index`, and its generator in the state that track sampling continues from."""
         g = clip_generator(self.seed, self.split, index)
-        return sample_scene(g, self.num_frames, self.height / self.width, self.num_objects), g
+        return sample_scene(g, self.num_frames, self.height / self.width, self.num_objects, self.frame_interval), g
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_clips:

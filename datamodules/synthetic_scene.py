@@ -219,11 +219,16 @@ def _appearance(draws: _Draws, num_prims: int) -> dict[str, Tensor]:
 
 
 def sample_scene(
-    g: torch.Generator, num_frames: int, aspect_ratio: float, num_objects: tuple[int, int] = (1, 4)
+    g: torch.Generator,
+    num_frames: int,
+    aspect_ratio: float,
+    num_objects: tuple[int, int] = (1, 4),
+    frame_dt: float = FRAME_DT,
 ) -> Scene:
-    """Draw one random scene with `num_frames` frames; `aspect_ratio` = H / W of the images it will be viewed in."""
+    """Draw one random scene with `num_frames` frames `frame_dt` seconds apart; `aspect_ratio` = H / W of the
+    images it will be viewed in."""
     draws = _Draws(g)
-    times = torch.arange(num_frames, dtype=torch.float32) * FRAME_DT
+    times = torch.arange(num_frames, dtype=torch.float32) * frame_dt
     room_half = torch.tensor([draws.uniform(2.5, 4.0), draws.uniform(1.1, 1.6), draws.uniform(3.0, 4.5)])
     room_center = torch.tensor([0.0, draws.uniform(1.2, 1.7) - float(room_half[1]), 0.0])  # floor 1.2-1.7 m below y=0
     fov_x = math.radians(draws.uniform(50.0, 70.0))

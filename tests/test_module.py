@@ -110,3 +110,12 @@ def test_validation_logs_overall_and_per_dataset_metrics(tmp_path: Path) -> None
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     assert metrics["val/synthetic/ate"] == pytest.approx(metrics["val/ate"])
     assert 0.0 <= metrics["val/delta_1_25"] <= 1.0
+
+
+def test_point_and_tracking_metrics_when_enabled(tmp_path: Path) -> None:
+    data = Page4DDataModule("synthetic", num_frames=2, image_size=56, val={"num_clips": 1, "num_tracks": 8})
+    module = Page4DModule(preset="tiny", model_overrides={"enable_track": True}, point_metrics=True)
+    metrics = _trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]
+    for key in ("val/accuracy", "val/completeness", "val/normal_consistency", "val/delta_avg", "val/average_jaccard"):
+        assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+    assert 0.0 <= metrics["val/delta_avg"] <= 1.0

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
 from page4d_lightning.losses import MultitaskLoss
-from page4d_lightning.metrics import DepthMetrics, PoseMetrics
+from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
 from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class Page4DModule(L.LightningModule):
         min_lr: learning rate at the start of warm-up and at the end of the run.
         mask_strength: dynamics-bias strength used when no schedule callback sets it.
         max_bad_steps: consecutive skipped (non-finite) training steps before the run stops.
+        point_metrics: also compute point-map accuracy / completeness in val/test (exact nearest-neighbour
+            search: cheap on a GPU, slow on a CPU at full resolution). Tracking metrics are computed
+            whenever the model predicts tracks and the batch has them.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Page4DModule(L.LightningModule):
         min_lr: float = 1e-8,
         mask_strength: float = 0.0,
         max_bad_steps: int = 20,
+        point_metrics: bool = False,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -110,9 +114,13 @@ class Page4DModule(L.LightningModule):
         # per-dataset entries are created as datasets appear (and on every rank before syncing)
         self.eval_metrics = torch.nn.ModuleDict({s: self._new_metrics() for s in ("val", "test")})
 
-    @staticmethod
-    def _new_metrics() -> torch.nn.ModuleDict:
-        return torch.nn.ModuleDict({"pose": PoseMetrics(), "depth": DepthMetrics(align="median", per="frame")})
+    def _new_metrics(self) -> torch.nn.ModuleDict:
+        metrics = {"pose": PoseMetrics(), "depth": DepthMetrics(align="median", per="frame")}
+        if self.hparams.point_metrics:
+            metrics["points"] = PointMetrics()
+        if self.model.config.enable_track:
+            metrics["tracks"] = TrackingMetrics()
+        return torch.nn.ModuleDict(metrics)
 
     def _metrics(self, key: str) -> torch.nn.ModuleDict:
         if key not in self.eval_metrics:
@@ -178,6 +186,17 @@ class Page4DModule(L.LightningModule):
             metrics = self._metrics(key)
             metrics["pose"].update(pred_extrinsics[index], batch["extrinsics"][index])
             metrics["depth"].update(pred_depth[index], gt_depth[index])
+            if "points" in metrics:
+                pred_points = predictions["world_points"].float()[index]
+                metrics["points"].update(pred_points, batch["world_points"][index], batch["point_masks"][index])
+            if "tracks" in metrics and "track" in predictions and "tracks" in batch:
+                metrics["tracks"].update(
+                    predictions["track"].float()[index],
+                    predictions["vis"].float()[index],
+                    batch["tracks"][index],
+                    batch["track_vis_mask"][index],
+                    hw,
+                )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "train")
@@ -200,10 +219,12 @@ class Page4DModule(L.LightningModule):
             metrics = self._metrics(key)
             if metrics["pose"].update_count == 0 and not distributed:
                 continue
-            values = {**metrics["pose"].compute(), **metrics["depth"].compute()}
+            values: dict[str, Tensor] = {}
+            for metric in metrics.values():
+                if metric.update_count > 0 or distributed:
+                    values.update(metric.compute())
+                metric.reset()
             self.log_dict({f"{key}/{k}": v for k, v in values.items() if v.numel() == 1})
-            metrics["pose"].reset()
-            metrics["depth"].reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
