@@ -4,13 +4,25 @@
 `image_size` and `normalize` and returns the sample dict of `page4d_lightning.types.Sample`.
 """
 
+# Importing a reader module registers its dataset class in DATASETS.
+import datamodules.co3d
+import datamodules.custom
+import datamodules.dynamic_replica
+import datamodules.kubric
+import datamodules.pointodyssey
+import datamodules.spring
+import datamodules.waymo  # noqa: F401
 from datamodules.base import DATASETS, Page4DDataModule, collate_clips, get_dataset_class, register_dataset
+from datamodules.sequence import Frame, SequenceDataset, Tracks
 from datamodules.synthetic import SyntheticDataModule, SyntheticDynamicDataset
 
 register_dataset("synthetic")(SyntheticDynamicDataset)
 
 __all__ = [
     "DATASETS",
+    "Frame",
+    "SequenceDataset",
+    "Tracks",
     "Page4DDataModule",
     "SyntheticDataModule",
     "SyntheticDynamicDataset",

@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from datamodules.sampling import ClipBatchSampler, EpochShuffleSampler
+
 logger = logging.getLogger(__name__)
 
 DATASETS: dict[str, type[Dataset]] = {}
@@ -74,6 +76,13 @@ class Page4DDataModule(L.LightningDataModule):
         train, val, test, predict: extra keyword arguments for that split's dataset (e.g. `split`,
             `num_clips`, `seed`), merged over the common ones; `{"dataset": name}` switches the class.
             None disables the split (no validation loop without `val`). `predict` falls back to `test`.
+        pin_memory: DataLoader pin_memory (GPU training).
+        clip_shapes: training clip shapes per batch (`datamodules.sampling.ClipBatchSampler` arguments):
+            `{"num_frames": [2, 16], "frames_per_batch": 32, "aspect_ratio": [0.33, 1.0]}` is the paper's
+            recipe (S uniform in 2..16, floor(32 / S) clips, H/W uniform in [0.33, 1]). None: every batch
+            has `batch_size` clips of the dataset's own shape. Training always draws new clip randomness
+            per epoch (the epoch travels in the clip keys).
+        seed: seed of the per-batch shape draws.
     """
 
     def __init__(
@@ -90,6 +99,8 @@ class Page4DDataModule(L.LightningDataModule):
         test: dict[str, Any] | None = None,
         predict: dict[str, Any] | None = None,
         pin_memory: bool = False,
+        clip_shapes: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -109,6 +120,12 @@ class Page4DDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.clip_shapes = dict(clip_shapes or {})
+        unknown = set(self.clip_shapes) - {"num_frames", "frames_per_batch", "aspect_ratio"}
+        if unknown:
+            raise ValueError(f"clip_shapes: unknown keys {sorted(unknown)}; expected num_frames, frames_per_batch, "
+                             "aspect_ratio")
+        self.seed = seed
         self.datasets: dict[str, Dataset] = {}
 
     def build_dataset(self, split: str) -> Dataset | None:
@@ -143,7 +160,23 @@ class Page4DDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if "train" not in self.datasets:
+            return self._loader("train", shuffle=True)  # raises the "not configured" error
+        dataset = self.datasets["train"]
+        # Lightning calls set_epoch on the inner sampler every epoch, and swaps it for a DistributedSampler under DDP
+        # a dataset class that sets `accepts_clip_keys` gets (index, S, aspect, epoch) keys, any other plain ints
+        batches = ClipBatchSampler(
+            EpochShuffleSampler(len(dataset), seed=self.seed), batch_size=self.batch_size, drop_last=True,
+            seed=self.seed, clip_keys=bool(getattr(dataset, "accepts_clip_keys", False)), **self.clip_shapes,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.base import Page4DDataModule
+from datamodules.sequence import parse_clip_key
 from datamodules.synthetic_render import EPS, cast_rays, intrinsics_for, render
 from datamodules.synthetic_scene import Scene, sample_scene
+from datamodules.transforms import output_size
 from page4d_lightning.geometry import normalize_sample
 from page4d_lightning.types import Sample
 
@@ -83,6 +85,8 @@ class SyntheticDynamicDataset(Dataset):
     `page4d_lightning.geometry.normalize_sample` (which adds `scale`).
     """
 
+    accepts_clip_keys: ClassVar[bool] = True  # takes (index, num_frames, aspect_ratio, epoch) keys
+
     def __init__(
         self,
         root: str | None = None,
@@ -124,16 +128,24 @@ class SyntheticDynamicDataset(Dataset):
     def __len__(self) -> int:
         return self.num_clips
 
-    def build_scene(self, index: int) -> tuple[Scene, torch.Generator]:
-        """The scene of clip `index`, and its generator in the state that track sampling continues from."""
+    def build_scene(
+        self, index: int, num_frames: int | None = None, height: int | None = None
+    ) -> tuple[Scene, torch.Generator]:
+        """The scene of clip `index` (S = `num_frames`, image height `height`; default: the dataset's), and its
+        generator in the state that track sampling continues from."""
         g = clip_generator(self.seed, self.split, index)
-        return sample_scene(g, self.num_frames, self.height / self.width, self.num_objects, self.frame_interval), g
+        S, H = num_frames or self.num_frames, height or self.height
+        return sample_scene(g, S, H / self.width, self.num_objects, self.frame_interval), g
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | tuple) -> Sample:
+        """Clip `key`: an int, or `(index, num_frames, aspect_ratio, epoch)` from `datamodules.sampling` (the
+        scene depends on the index only; the epoch is ignored: every index is its own clip)."""
+        index, num_frames, aspect, _ = parse_clip_key(key)
         if not 0 <= index < self.num_clips:
             raise IndexError(f"index: expected 0 <= index < {self.num_clips}, got {index}")
-        scene, g = self.build_scene(index)
-        S, H, W = self.num_frames, self.height, self.width
+        S, W = num_frames or self.num_frames, self.width
+        H = self.height if aspect is None else output_size((1, 1), W, aspect)[0]
+        scene, g = self.build_scene(index, S, H)
         intrinsics = intrinsics_for(scene.fov_x, H, W)
         rendered = render(scene, intrinsics, H, W)
         tracks, track_vis = sample_tracks(g, scene, intrinsics, rendered, self.num_tracks)
@@ -173,10 +185,12 @@ class SyntheticDataModule(Page4DDataModule):
         test: dict[str, Any] | None = None,
         predict: dict[str, Any] | None = None,
         pin_memory: bool = False,
+        clip_shapes: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(
             dataset="synthetic", root=None, num_frames=num_frames, image_size=image_size, normalize=normalize,
             batch_size=batch_size, num_workers=num_workers, train=train, val=val, test=test, predict=predict,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory, clip_shapes=clip_shapes, seed=seed,
         )
 

@@ -26,9 +26,14 @@ def mask_strength_at(step: int, hold: int, end: int) -> float:
 class MaskStrengthSchedule(Callback):
     """Sets `model.set_mask_strength` from `trainer.global_step` (optimiser steps) before every batch.
 
-    The official code counts forward passes and does not checkpoint its counter; we use the optimiser
-    step, which Lightning restores on resume, so a resumed run continues the same schedule.
+    The official code counts forward passes (so with gradient accumulation its hold / end are in
+    micro-batches) and does not checkpoint its counter; we use the optimiser step,
+    which Lightning restores on resume, so a resumed run continues the same schedule.
     Validation and test run at strength `eval_strength` (0 = bias off, as the official evaluation).
+
+    `Page4DModule.configure_optimizers` reads `strength_at` to gate the parameter groups marked
+    `follows_mask_strength` (the mask head): their LR is exactly 0 on every optimiser step whose
+    strength is 0 (from `end` on), so AdamW's momentum and weight decay do not move them either.
     """
 
     def __init__(self, hold: int = 6000, end: int = 10000, eval_strength: float = 0.0) -> None:
@@ -36,10 +41,14 @@ class MaskStrengthSchedule(Callback):
             raise ValueError(f"MaskStrengthSchedule: expected 0 <= hold <= end, got hold={hold}, end={end}")
         self.hold, self.end, self.eval_strength = hold, end, eval_strength
 
+    def strength_at(self, step: int) -> float:
+        """Training strength at optimiser step `step` (`trainer.global_step`)."""
+        return mask_strength_at(step, self.hold, self.end)
+
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        strength = mask_strength_at(trainer.global_step, self.hold, self.end)
+        strength = self.strength_at(trainer.global_step)
         pl_module.model.set_mask_strength(strength)
         pl_module.log("train/mask_strength", strength, batch_size=1)
 

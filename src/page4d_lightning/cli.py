@@ -3,21 +3,35 @@
     page4d fit --config experiments/synthetic.yaml
     page4d fit --config experiments/pointodyssey.yaml --data.root /data/pointodyssey
     page4d test --config experiments/synthetic.yaml --ckpt_path checkpoints/synthetic/last.ckpt
+    page4d export-weights CKPT OUT.safetensors | page4d analyze-layers ... | page4d data validate|inspect ...
+    page4d pack --dataset NAME --root R --out DIR
 
 `main(args)` is callable from Python (tests call `main(["fit", ...])`).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningCLI
 
 from page4d_lightning.module import Page4DModule
 
-TOOLS: dict[str, Callable[[list[str]], int]] = {}
-"""Tool subcommands (name -> function taking the remaining arguments, returning an exit code)."""
+TOOLS: dict[str, str] = {
+    "export-weights": "page4d_lightning.checkpointing:export_weights_main",
+    "analyze-layers": "page4d_lightning.finetune:analyze_layers_main",
+    "data": "datamodules.tools:data_main",
+    "pack": "datamodules.packed:pack_main",
+}
+"""Tool subcommands: name -> "module:function"; the function takes the remaining arguments and returns
+an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
+
+
+def run_tool(name: str, args: list[str]) -> int:
+    """Import and call the tool subcommand `name` with `args`."""
+    module_name, func_name = TOOLS[name].split(":")
+    return int(getattr(importlib.import_module(module_name), func_name)(args))
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -39,7 +53,7 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of the `page4d` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
+        return run_tool(argv[0], argv[1:])
     build_cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 

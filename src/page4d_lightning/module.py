@@ -4,19 +4,26 @@ It holds the pure `PAGE4D` network as `self.model` and adds the loss, the optimi
 logging. One `_shared_step(batch, stage)` serves train / val / test: a batch with NaN/inf, or a step
 whose loss is not finite, is skipped with a warning and counted; `max_bad_steps` consecutive skipped
 training steps stop the run (the last good checkpoint stays on disk).
+
+Fine-tuning is declarative (`finetune.py`): the `finetune` argument names a policy (preset "page4d" or
+trainable globs + parameter groups); it sets `requires_grad` once in `configure_models`, and
+`configure_optimizers` builds one AdamW over its groups with per-group warm-up + cosine schedules.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from page4d_lightning.callbacks import MaskStrengthSchedule
+from page4d_lightning.finetune import FinetuneConfig, FinetunePolicy, FinetunePreset, build_scheduler, format_table
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
 from page4d_lightning.losses import MultitaskLoss
 from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
@@ -56,10 +63,14 @@ class Page4DModule(L.LightningModule):
         weights: optional checkpoint to load into the model (VGGT-1B, PAGE-4D, safetensors or own export).
         track_head_weights: VGGT-1B file that fills the track head when `weights` lacks it.
         loss: per-task loss configs in the official layout (see `DEFAULT_LOSS`).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay.
-        warmup_fraction: linear warm-up share of the run, then cosine decay to `min_lr`.
-        min_lr: learning rate at the start of warm-up and at the end of the run.
+        finetune: freeze policy and parameter groups: a preset name ("page4d": frame + global blocks
+            10-19 and the mask head train) or `{trainable: [globs], groups: [{name, params, lr, ...}]}`
+            (see `page4d_lightning.finetune`). None: everything trains in one group from `lr`,
+            `weight_decay`, `warmup_fraction` and `min_lr` (which are ignored otherwise).
+        lr: peak learning rate of AdamW (without `finetune`).
+        weight_decay: AdamW weight decay (without `finetune`).
+        warmup_fraction: linear warm-up share of the run, then cosine decay to `min_lr` (without `finetune`).
+        min_lr: learning rate at the start of warm-up and at the end of the run (without `finetune`).
         mask_strength: dynamics-bias strength used when no schedule callback sets it.
         max_bad_steps: consecutive skipped (non-finite) training steps before the run stops.
         point_metrics: also compute point-map accuracy / completeness in val/test (exact nearest-neighbour
@@ -74,6 +85,7 @@ class Page4DModule(L.LightningModule):
         weights: str | None = None,
         track_head_weights: str | None = None,
         loss: dict[str, dict[str, Any]] | None = None,
+        finetune: FinetuneConfig | FinetunePreset | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
@@ -105,6 +117,14 @@ class Page4DModule(L.LightningModule):
         if self.hparams.weights:
             load_weights(self.model, self.hparams.weights, track_head_from=self.hparams.track_head_weights)
         self.model.set_mask_strength(self.hparams.mask_strength)
+        hp = self.hparams
+        self.finetune_policy = (
+            FinetunePolicy.from_config(hp.finetune)
+            if hp.finetune is not None
+            else FinetunePolicy.full(hp.lr, hp.weight_decay, hp.warmup_fraction, hp.min_lr)
+        )
+        self.finetune_policy.freeze(self.model)  # the only place requires_grad is set
+        self.finetune_policy.assign(self.model)  # fail at construction on a parameter in no / two groups
 
     def configure_losses(self) -> None:
         self.loss = MultitaskLoss(**(self.hparams.loss if self.hparams.loss is not None else DEFAULT_LOSS))
@@ -252,19 +272,50 @@ class Page4DModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        """One AdamW over the policy's parameter groups, one step per iteration; per-group LR schedule
+        stepped every optimiser step (see `finetune.build_scheduler` for the mask-head gating)."""
+        if not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError("no trainable parameters: the freeze policy froze the whole model")
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self.finetune_policy.param_groups(self.model))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
-        floor = self.hparams.min_lr / self.hparams.lr
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return floor + (1.0 - floor) * step / max(1, warmup)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        strength_at = self._mask_strength_fn()
+        for group in self.finetune_policy.groups:
+            if group.follows_mask_strength and strength_at(0) == 0:
+                rank_zero_warn(
+                    f"finetune group {group.name!r} follows the mask strength, which is 0 from step 0"
+                    " (no MaskStrengthSchedule callback and mask_strength=0?): its LR stays 0 and it will not train"
+                )
+        scheduler = build_scheduler(optimizer, self.finetune_policy, total, strength_at)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _mask_strength_fn(self) -> Callable[[int], float]:
+        """Mask strength as a function of the optimiser step: the `MaskStrengthSchedule` callback's, or
+        the constant `model.mask_strength` when there is none."""
+        schedules = [cb for cb in self.trainer.callbacks if isinstance(cb, MaskStrengthSchedule)]
+        if len(schedules) > 1:
+            raise ValueError(f"expected at most one MaskStrengthSchedule callback, got {len(schedules)}")
+        if schedules:
+            return schedules[0].strength_at
+        constant = self.model.mask_strength
+        return lambda step: constant
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the gating is exact by construction (see `finetune.build_scheduler`); fail loudly if the LR
+        # schedule and the strength schedule ever disagree instead of silently moving the mask head
+        if self.model.mask_strength == 0.0:
+            for group in optimizer.param_groups:
+                if group.get("follows_mask_strength") and group["lr"] != 0.0:
+                    raise RuntimeError(
+                        f"step {self.global_step}: group {group.get('name')!r} has lr {group['lr']:.3g} while the"
+                        " mask strength is 0 (its LR schedule and the MaskStrengthSchedule are out of step)"
+                    )
+
+    def on_fit_start(self) -> None:
+        """Log the trainable / frozen parameter counts per group (rank zero; text in TensorBoard)."""
+        if not self.trainer.is_global_zero:
+            return
+        table = format_table(self.finetune_policy.table(self.model))
+        logger.info("parameter groups (trainable per group, and frozen):\n%s", table)
+        for lg in self.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_text("finetune/parameter_groups", table, global_step=self.global_step)

@@ -1,0 +1,363 @@
+"""`SequenceDataset`: the base of every file-backed dataset (one subclass per dataset format).
+
+A subclass only says what is on disk: `find_sequences()` (names and frame counts) and
+`load_frame(seq, i)` (one frame in native resolution: RGB, metric z-depth, camera-from-world OpenCV
+extrinsics, pixel intrinsics, optional dynamic mask), optionally `load_tracks(seq, ids)`. This class
+does the rest, the same way for every dataset:
+
+frame sampling (contiguous, stride in a range, optional shuffled order) -> checks (sizes, finite cameras)
+-> intrinsics-aware resize + crop to W = `image_size`, H a multiple of 14 (fixed / per-clip aspect) ->
+photometric augmentation with one parameter set per clip -> camera / world points from depth ->
+`normalize_sample` -> the DESIGN.md sample dict.
+
+A clip index may be an int or a key `(index, num_frames, aspect_ratio, epoch)` (variable clip shapes and
+per-epoch draws, see `datamodules.sampling`). Any file problem raises `ClipFormatError` naming the file; with
+`skip_bad_clips=True` the clip is logged, counted (`bad_clips`) and replaced by the next one instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.io import ClipFormatError
+from datamodules.transforms import ResizeCrop, output_size, photometric_augmentation
+from page4d_lightning.geometry import depth_to_world_points, normalize_sample
+from page4d_lightning.types import Sample
+
+logger = logging.getLogger(__name__)
+
+MAX_SKIPS = 32  # consecutive bad clips tolerated before giving up (a wrong root, not a bad file)
+
+
+@dataclass
+class Frame:
+    """One frame as stored, converted to the project's conventions (native resolution).
+
+    image (h, w, 3) uint8 RGB; intrinsics (3, 3) pixels of `image`, OpenCV pixel centres; extrinsics (3, 4)
+    camera-from-world, OpenCV axes; depth (h, w) float32 z-depth in metres (scene units), 0 = invalid, or
+    None when the dataset has none; dynamic_mask (h, w) bool, True = moving; source names the file(s).
+    """
+
+    image: np.ndarray
+    intrinsics: np.ndarray
+    extrinsics: np.ndarray
+    depth: np.ndarray | None = None
+    dynamic_mask: np.ndarray | None = None
+    source: str = ""
+
+
+@dataclass
+class Tracks:
+    """2D tracks over the clip's frames, in native pixels: points (S, N, 2) (x = column, y = row), visible
+    (S, N) bool, valid (S, N) bool (False = position unknown; None = all known)."""
+
+    points: np.ndarray
+    visible: np.ndarray
+    valid: np.ndarray | None = None
+
+
+def _as_range(value: int | float | tuple | list | None, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    if len(value) != 2 or not value[0] <= value[1]:
+        raise ValueError(f"{name}: expected a number or [min, max] with min <= max, got {value}")
+    return float(value[0]), float(value[1])
+
+
+class SequenceDataset(Dataset):
+    """Clips of S frames from a root of sequences (subclass per format; see the module docstring).
+
+    Args:
+        root: dataset root folder (the layout each subclass documents).
+        num_frames: S, frames per clip (a tuple index may override it per clip).
+        image_size: output width W (multiple of 14).
+        normalize: apply the official GT normalisation (`normalize_sample`); False keeps metric units.
+        split: dataset split name (subclasses map it to folders).
+        aspect_ratio: H/W of the output; a number, [min, max] (uniform per clip, training) or None (keep
+            the source aspect, at most square: the official `crop` preprocessing).
+        stride: frame step inside a clip; a number or [min, max] (uniform integer per clip).
+        shuffle_frames: randomly permute the frames of a clip (first frame stays the reference).
+        augment: random crop position, zoom up to `max_zoom` and photometric jitter.
+        max_zoom: largest extra zoom of the geometric augmentation.
+        num_tracks: tracks per clip when the dataset has them (0 = none).
+        clips_per_sequence: clips per sequence and epoch; None = enough windows to cover each sequence once.
+        sequences: only these sequence names (None = all found).
+        seed: base seed; clip randomness is a function of (seed, epoch, index), so workers and ranks agree.
+        skip_bad_clips: log, count and skip a clip whose files are bad instead of raising.
+    """
+
+    accepts_clip_keys: ClassVar[bool] = True  # takes (index, num_frames, aspect_ratio, epoch) keys
+
+    name: ClassVar[str] = "sequence"
+    is_metric: ClassVar[bool] = True
+    sparse_depth: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_frames: int = 8,
+        image_size: int = 518,
+        normalize: bool = True,
+        split: str = "train",
+        aspect_ratio: float | list[float] | None = None,
+        stride: int | list[int] = 1,
+        shuffle_frames: bool = False,
+        augment: bool = False,
+        max_zoom: float = 1.2,
+        num_tracks: int = 0,
+        clips_per_sequence: int | None = None,
+        sequences: list[str] | None = None,
+        seed: int = 0,
+        skip_bad_clips: bool = False,
+    ) -> None:
+        if root is None:
+            raise ValueError(f"{type(self).__name__}: `root` is required (the folder of the downloaded dataset)")
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise ClipFormatError(f"{self.root}: dataset root is not a directory")
+        if num_frames < 1:
+            raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
+        output_size((1, 1), image_size, 1.0)  # validates image_size
+        self.num_frames, self.image_size, self.normalize, self.split = num_frames, image_size, normalize, split
+        self.aspect_range = _as_range(aspect_ratio, "aspect_ratio")
+        stride_range = _as_range(stride, "stride")
+        if stride_range[0] < 1:
+            raise ValueError(f"stride: expected >= 1, got {stride}")
+        self.stride_range = (int(stride_range[0]), int(stride_range[1]))
+        self.shuffle_frames, self.augment, self.max_zoom = shuffle_frames, augment, max_zoom
+        self.num_tracks, self.seed, self.skip_bad_clips = num_tracks, seed, skip_bad_clips
+        self.epoch = 0
+        self.bad_clips = 0
+        found = self.find_sequences()
+        if sequences is not None:
+            unknown = sorted(set(sequences) - set(found))
+            if unknown:
+                raise ValueError(f"sequences: {unknown} not found under {self.root}; found {sorted(found)[:20]}")
+            found = {k: found[k] for k in sequences}
+        if not found:
+            raise ClipFormatError(f"{self.root}: no {self.name} sequences found for split {split!r}")
+        self.sequences = dict(sorted(found.items()))
+        self.clips = self._index_clips(clips_per_sequence)
+        self._photometric = photometric_augmentation() if augment else None
+
+    # ----------------------------------------------------------------------------- subclass hooks
+    def find_sequences(self) -> dict[str, int]:
+        """Sequence name -> number of frames, for `self.split`. Raise ClipFormatError for a wrong layout."""
+        raise NotImplementedError
+
+    def load_frame(self, seq: str, index: int) -> Frame:
+        """Frame `index` (0-based position in the sequence) in native resolution and project conventions."""
+        raise NotImplementedError
+
+    def load_tracks(self, seq: str, ids: list[int]) -> Tracks | None:
+        """Tracks over frames `ids` (native pixels), or None when the dataset has none."""
+        return None
+
+    # ------------------------------------------------------------------------------------- index
+    def _index_clips(self, clips_per_sequence: int | None) -> list[tuple[str, int]]:
+        """(sequence, window) pairs: `clips_per_sequence` windows per sequence, or one per S frames."""
+        clips = []
+        self.windows: dict[str, int] = {}
+        for seq, count in self.sequences.items():
+            n = clips_per_sequence if clips_per_sequence is not None else max(1, count // self.num_frames)
+            self.windows[seq] = n
+            clips += [(seq, k) for k in range(n)]
+        return clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Default epoch of the random draws (stride, start, crop, jitter) of int keys; training keys from
+        `ClipBatchSampler` carry their epoch themselves (workers keep their own dataset copy)."""
+        self.epoch = epoch
+
+    def _rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
+
+    def frame_ids(self, seq: str, window: int, num_frames: int, rng: np.random.Generator) -> list[int]:
+        """S frame positions: contiguous at a stride drawn from `stride`, starting in window `window`
+        (windows evenly spaced over the sequence, a random start inside it when training)."""
+        count = self.sequences[seq]
+        lo, hi = self.stride_range
+        stride = int(rng.integers(lo, hi + 1)) if hi > lo else lo
+        stride = max(1, min(stride, (count - 1) // max(1, num_frames - 1))) if num_frames > 1 else 1
+        span = (num_frames - 1) * stride + 1
+        last_start = max(0, count - span)
+        windows = self.windows[seq]
+        start = round(window * last_start / max(1, windows - 1)) if windows > 1 else last_start // 2
+        if self.augment and last_start:
+            start = int(rng.integers(0, last_start + 1))
+        ids = [min(count - 1, start + k * stride) for k in range(num_frames)]
+        if self.shuffle_frames and num_frames > 2:
+            ids = [ids[0]] + [ids[1:][k] for k in rng.permutation(num_frames - 1)]
+        return ids
+
+    # ------------------------------------------------------------------------------------ loading
+    def __getitem__(self, key: int | tuple) -> Sample:
+        index, num_frames, aspect, epoch = parse_clip_key(key)
+        for attempt in range(MAX_SKIPS):
+            i = (index + attempt) % len(self)
+            try:
+                return self.load_clip(i, num_frames or self.num_frames, aspect, epoch)
+            except ClipFormatError as err:
+                if not self.skip_bad_clips:
+                    raise
+                self.bad_clips += 1
+                seq = self.clips[i][0]
+                logger.warning("%s: skipping clip %d of sequence %s (%d skipped so far): %s", self.name, i, seq,
+                               self.bad_clips, err)
+        raise ClipFormatError(f"{self.root}: {MAX_SKIPS} consecutive clips failed to load; is the root right?")
+
+    def _aspect(self, rng: np.random.Generator, source_hw: tuple[int, int]) -> float | None:
+        if self.aspect_range is None:
+            return None
+        lo, hi = self.aspect_range
+        return float(rng.uniform(lo, hi)) if hi > lo else lo
+
+    def load_clip(
+        self, index: int, num_frames: int, aspect_ratio: float | None = None, epoch: int | None = None
+    ) -> Sample:
+        """Clip `index` with S = `num_frames` and output aspect `aspect_ratio` (None: the dataset's setting);
+        its random draws are a function of (seed, epoch, index), `epoch` None meaning `self.epoch`."""
+        seq, window = self.clips[index]
+        rng = self._rng(index, epoch)
+        ids = self.frame_ids(seq, window, num_frames, rng)
+        frames = [self.load_frame(seq, i) for i in ids]
+        for frame in frames:
+            check_frame(frame, f"{self.name}/{seq}")
+        source_hw = frames[0].image.shape[:2]
+        for frame in frames[1:]:
+            if frame.image.shape[:2] != source_hw:
+                raise ClipFormatError(
+                    f"{frame.source or seq}: image size {frame.image.shape[:2]} differs from the clip's first frame "
+                    f"{source_hw} ({frames[0].source})"
+                )
+        aspect = aspect_ratio if aspect_ratio is not None else self._aspect(rng, source_hw)
+        out_hw = output_size(source_hw, self.image_size, aspect)
+        zoom = float(rng.uniform(1.0, self.max_zoom)) if self.augment else 1.0
+        geometry = ResizeCrop.plan(source_hw, out_hw, zoom, rng if self.augment else None)
+        sample = self._assemble(frames, geometry, rng)
+        if self.num_tracks > 0:
+            tracks = self.load_tracks(seq, ids)
+            if tracks is not None:
+                sample.update(self._tracks(tracks, geometry, rng, f"{self.name}/{seq}"))
+        sample.update(dataset=self.name, seq_name=seq, ids=torch.tensor(ids))
+        return normalize_sample(sample) if self.normalize else sample
+
+    def _assemble(self, frames: list[Frame], geometry: ResizeCrop, rng: np.random.Generator) -> dict[str, Any]:
+        images = np.stack([geometry.image(f.image) for f in frames])  # (S, H, W, 3) uint8
+        if self._photometric is not None:
+            self._photometric.set_random_seed(int(rng.integers(2**31)))
+            images = self._photometric(images=images)["images"]
+        out_hw = geometry.out_hw
+        resample = geometry.sparse_depth if self.sparse_depth else geometry.nearest
+        depths = np.stack([resample(f.depth) if f.depth is not None else np.zeros(out_hw, np.float32) for f in frames])
+        extrinsics = torch.from_numpy(np.stack([f.extrinsics for f in frames])).float()
+        intrinsics = torch.from_numpy(np.stack([geometry.intrinsics(f.intrinsics) for f in frames])).float()
+        depth_t = torch.from_numpy(depths).float()
+        world, cam = depth_to_world_points(depth_t, extrinsics, intrinsics)
+        sample: dict[str, Any] = {
+            "images": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0,  # (S, H, W, 3) -> (S, 3, H, W)
+            "depths": depth_t,
+            "extrinsics": extrinsics,
+            "intrinsics": intrinsics,
+            "world_points": world,
+            "cam_points": cam,
+            "point_masks": depth_t > 0,
+        }
+        if all(f.dynamic_mask is not None for f in frames):
+            masks = np.stack([geometry.nearest(f.dynamic_mask, "dynamic_mask") for f in frames])
+            sample["dynamic_masks"] = torch.from_numpy(masks)
+        return sample
+
+    def _tracks(self, tracks: Tracks, geometry: ResizeCrop, rng: np.random.Generator, where: str) -> dict[str, Any]:
+        """Pick `num_tracks` tracks visible in the first frame, in output pixels (fewer -> repeated, positive False)."""
+        points, visible = np.asarray(tracks.points, np.float64), np.asarray(tracks.visible, bool)
+        valid = np.ones_like(visible) if tracks.valid is None else np.asarray(tracks.valid, bool)
+        shapes_ok = points.ndim == 3 and points.shape[-1] == 2 and visible.shape == points.shape[:2]
+        if not shapes_ok or valid.shape != visible.shape:
+            raise ClipFormatError(
+                f"{where}: tracks expected points (S, N, 2) and visible/valid (S, N), got {points.shape}, "
+                f"{visible.shape}, {valid.shape}"
+            )
+        finite = np.isfinite(points).all(-1)
+        uv = geometry.points(np.where(finite[..., None], points, 0.0))
+        visible = visible & valid & finite & geometry.inside(uv)
+        candidates = np.nonzero(visible[0])[0]
+        n = self.num_tracks
+        positive = np.zeros(n, dtype=bool)
+        if candidates.size == 0:
+            chosen = np.zeros(n, dtype=np.int64)
+        else:
+            take = rng.permutation(candidates)[:n]
+            positive[: take.size] = True
+            chosen = np.concatenate([take, rng.choice(candidates, n - take.size)]) if take.size < n else take
+        return {
+            "tracks": torch.from_numpy(uv[:, chosen]).float(),
+            "track_vis_mask": torch.from_numpy(visible[:, chosen]),
+            "track_positive_mask": torch.from_numpy(positive),
+        }
+
+    # ---------------------------------------------------------------------------------- validation
+    def validate(self) -> list[str]:
+        """Every problem of the root, one message each (missing / truncated files, wrong sizes, bad cameras)."""
+        problems = []
+        for seq, count in self.sequences.items():
+            for i in range(count):
+                try:
+                    check_frame(self.load_frame(seq, i), f"{self.name}/{seq}")
+                except ClipFormatError as err:
+                    problems.append(str(err))
+        return problems
+
+
+def parse_clip_key(key: int | tuple | list) -> tuple[int, int | None, float | None, int | None]:
+    """A dataset index: an int, or `(index[, num_frames[, aspect_ratio[, epoch]]])` (see `datamodules.sampling`)
+    -> (index, num_frames or None, aspect_ratio or None, epoch or None)."""
+    if isinstance(key, (int, np.integer)):
+        return int(key), None, None, None
+    if not isinstance(key, (tuple, list)) or not 1 <= len(key) <= 4:
+        raise TypeError(f"clip key: expected an int or (index, num_frames, aspect_ratio, epoch), got {key!r}")
+    index, num_frames, aspect, epoch = (tuple(key) + (None,) * 3)[:4]
+    return (
+        int(index),
+        None if num_frames is None else int(num_frames),
+        None if aspect is None else float(aspect),
+        None if epoch is None else int(epoch),
+    )
+
+
+def check_frame(frame: Frame, where: str) -> None:
+    """Raise ClipFormatError (naming the frame's source) when sizes, dtypes or cameras are wrong."""
+    src = frame.source or where
+    image = frame.image
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ClipFormatError(f"{src}: image expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    hw = image.shape[:2]
+    if frame.depth is not None:
+        if frame.depth.shape != hw:
+            raise ClipFormatError(f"{src}: depth has size {frame.depth.shape}, expected {hw} like the image")
+        if not np.isfinite(frame.depth).all() or (frame.depth < 0).any():
+            raise ClipFormatError(f"{src}: depth holds NaN/inf or negative values (the reader must zero them)")
+    if frame.dynamic_mask is not None and frame.dynamic_mask.shape != hw:
+        raise ClipFormatError(f"{src}: dynamic mask has size {frame.dynamic_mask.shape}, expected {hw}")
+    E, K = np.asarray(frame.extrinsics), np.asarray(frame.intrinsics)
+    if E.shape != (3, 4) or K.shape != (3, 3):
+        raise ClipFormatError(f"{src}: expected extrinsics (3, 4) and intrinsics (3, 3), got {E.shape}, {K.shape}")
+    if not (np.isfinite(E).all() and np.isfinite(K).all()):
+        raise ClipFormatError(f"{src}: camera holds NaN/inf (extrinsics or intrinsics)")
+    R = E[:, :3]
+    if abs(np.linalg.det(R) - 1.0) > 1e-2 or np.abs(R @ R.T - np.eye(3)).max() > 1e-2:
+        raise ClipFormatError(f"{src}: extrinsics rotation is not a rotation (det {np.linalg.det(R):.4f})")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ClipFormatError(f"{src}: intrinsics focal lengths must be > 0, got fx={K[0, 0]}, fy={K[1, 1]}")

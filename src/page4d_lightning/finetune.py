@@ -1,0 +1,424 @@
+"""Targeted fine-tuning: the freeze policy, per-group AdamW parameter groups and their LR schedules.
+
+A policy is plain values (readable from YAML, stored in checkpoints as hyper-parameters):
+
+    trainable: fnmatch globs over `PAGE4D.named_parameters()` names; everything else is frozen.
+    groups:    [{name, params: [globs], lr, weight_decay, warmup_fraction, min_lr, follows_mask_strength}]
+
+Every trainable parameter must fall in exactly one group; a glob that matches nothing is an error.
+`requires_grad` is set once, when the module is built, and never flipped during a run (the official
+trainer flips it and needs DDP's `find_unused_parameters`; we do not). Each group's LR warms up
+linearly from `min_lr` to `lr` over `warmup_fraction` of the run, then follows a cosine to `min_lr`
+at the last optimiser step. A group with `follows_mask_strength` (the mask head) has LR exactly 0 on
+every optimiser step whose mask strength is 0: see `build_scheduler`.
+
+`page4d analyze-layers` measures which aggregator blocks react to dynamic content (`layer_sensitivity`),
+the evidence behind the choice of blocks 10-19.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from page4d_lightning.losses import camera_loss
+from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
+
+
+class GroupConfig(TypedDict):
+    """One optimiser parameter group (YAML / hparams form)."""
+
+    name: str
+    params: list[str]  # fnmatch globs over parameter names
+    lr: float  # peak learning rate
+    weight_decay: NotRequired[float]  # AdamW decoupled weight decay, default 0
+    warmup_fraction: NotRequired[float]  # share of the run spent in linear warm-up, default 0
+    min_lr: NotRequired[float]  # LR at the start of warm-up and at the end of the run, default 1e-8
+    follows_mask_strength: NotRequired[bool]  # LR 0 on steps whose mask strength is 0, default False
+
+
+class FinetuneConfig(TypedDict):
+    """A freeze policy (YAML / hparams form): trainable globs and the parameter groups."""
+
+    trainable: list[str]
+    groups: list[GroupConfig]
+
+
+FinetunePreset = Literal["page4d"]
+
+_BLOCKS_10_19 = ("aggregator.frame_blocks.1[0-9].*", "aggregator.global_blocks.1[0-9].*")
+_MASK_HEAD = "aggregator.spatial_mask_head.*"
+
+FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
+    "page4d": {
+        "trainable": [*_BLOCKS_10_19, _MASK_HEAD],
+        "groups": [
+            {"name": "frame_blocks", "params": [_BLOCKS_10_19[0]], "lr": 1e-5, "weight_decay": 0.01,
+             "warmup_fraction": 0.05},
+            {"name": "global_blocks", "params": [_BLOCKS_10_19[1]], "lr": 1e-5, "weight_decay": 0.01,
+             "warmup_fraction": 0.05},
+            {"name": "mask_head", "params": [_MASK_HEAD], "lr": 2e-5, "weight_decay": 0.02,
+             "warmup_fraction": 0.15, "follows_mask_strength": True},
+        ],
+    },
+}
+"""Named policies. "page4d" is the official recipe (`training_final.yaml`): frame and global blocks 10-19
+(peak 1e-5, wd 0.01, 5 % warm-up) and the spatial mask head (peak 2e-5, wd 0.02, 15 % warm-up) train."""
+
+_GROUP_KEYS = {"name", "params", "lr", "weight_decay", "warmup_fraction", "min_lr", "follows_mask_strength"}
+
+
+@dataclass(frozen=True)
+class ParamGroupSpec:
+    """A validated parameter group: globs, peak LR, weight decay and schedule shape."""
+
+    name: str
+    params: tuple[str, ...]
+    lr: float
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.0
+    min_lr: float = 1e-8
+    follows_mask_strength: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"finetune group {self.name!r}"
+        if not self.params:
+            raise ValueError(f"{where}: params: expected at least one glob, got none")
+        if not self.lr > 0:
+            raise ValueError(f"{where}: lr: expected > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"{where}: min_lr: expected in [0, lr={self.lr}], got {self.min_lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"{where}: weight_decay: expected >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"{where}: warmup_fraction: expected in [0, 1), got {self.warmup_fraction}")
+
+
+@dataclass(frozen=True)
+class FinetunePolicy:
+    """Which parameters train (`trainable` globs) and in which optimiser group (`groups`)."""
+
+    trainable: tuple[str, ...]
+    groups: tuple[ParamGroupSpec, ...]
+
+    def __post_init__(self) -> None:
+        names = [g.name for g in self.groups]
+        if not self.groups or len(set(names)) != len(names):
+            raise ValueError(f"finetune groups: expected at least one group and unique names, got {names}")
+
+    @classmethod
+    def from_config(cls, config: FinetuneConfig | str) -> FinetunePolicy:
+        """Build from a preset name (see `FINETUNE_PRESETS`) or a `FinetuneConfig` dict."""
+        if isinstance(config, str):
+            if config not in FINETUNE_PRESETS:
+                raise ValueError(f"finetune: unknown preset {config!r}; available: {sorted(FINETUNE_PRESETS)}")
+            config = copy.deepcopy(FINETUNE_PRESETS[config])
+        if not isinstance(config, dict) or set(config) != {"trainable", "groups"}:
+            seen = sorted(config) if isinstance(config, dict) else type(config).__name__
+            raise ValueError(f"finetune: expected a preset name or keys ['groups', 'trainable'], got {seen}")
+        groups = []
+        for i, group in enumerate(config["groups"]):
+            unknown, missing = set(group) - _GROUP_KEYS, {"name", "params", "lr"} - set(group)
+            if unknown or missing:
+                raise ValueError(f"finetune groups[{i}]: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+            groups.append(ParamGroupSpec(**{**group, "params": tuple(group["params"])}))
+        return cls(trainable=tuple(config["trainable"]), groups=tuple(groups))
+
+    @classmethod
+    def page4d(cls) -> FinetunePolicy:
+        """The official PAGE-4D recipe (`FINETUNE_PRESETS["page4d"]`)."""
+        return cls.from_config("page4d")
+
+    @classmethod
+    def full(cls, lr: float, weight_decay: float, warmup_fraction: float, min_lr: float) -> FinetunePolicy:
+        """Everything trainable, one group "all" (training from scratch, `experiments/synthetic.yaml`)."""
+        return cls(("*",), (ParamGroupSpec("all", ("*",), lr, weight_decay, warmup_fraction, min_lr),))
+
+    # --------------------------------------------------------------------------------- applying it
+    def freeze(self, model: nn.Module) -> int:
+        """Set `requires_grad` of every parameter of `model` from `trainable` (once); returns the
+        number of trainable tensors. Raises ValueError naming a glob that matches no parameter."""
+        names = [n for n, _ in model.named_parameters()]
+        for pattern in self.trainable:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"finetune trainable: pattern {pattern!r} matches no parameter of the model")
+        count = 0
+        for name, param in model.named_parameters():
+            param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in self.trainable))
+            count += int(param.requires_grad)
+        return count
+
+    def assign(self, model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Group name -> its trainable (name, parameter) pairs. Raises ValueError naming a trainable
+        parameter in no group or in two, or a group glob that matches no trainable parameter."""
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        out: dict[str, list[tuple[str, nn.Parameter]]] = {g.name: [] for g in self.groups}
+        for group in self.groups:
+            for pattern in group.params:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in trainable):
+                    raise ValueError(
+                        f"finetune group {group.name!r}: pattern {pattern!r} matches no trainable parameter"
+                    )
+        for name, param in trainable:
+            owners = [g.name for g in self.groups if any(fnmatch.fnmatchcase(name, p) for p in g.params)]
+            if len(owners) != 1:
+                problem = "is in no group" if not owners else f"is in {len(owners)} groups {owners}"
+                raise ValueError(f"finetune: trainable parameter {name!r} {problem}; it must be in exactly one")
+            out[owners[0]].append((name, param))
+        return out
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """AdamW parameter groups, in `groups` order: params, name, lr (peak), weight_decay and
+        follows_mask_strength (extra keys are kept by torch optimisers and read by LearningRateMonitor)."""
+        assigned = self.assign(model)
+        return [
+            {
+                "params": [p for _, p in assigned[g.name]],
+                "name": g.name,
+                "lr": g.lr,
+                "weight_decay": g.weight_decay,
+                "follows_mask_strength": g.follows_mask_strength,
+            }
+            for g in self.groups
+        ]
+
+    def table(self, model: nn.Module) -> list[dict[str, Any]]:
+        """One row per group plus "frozen" and "total": tensors, parameters, share, lr, wd, warm-up."""
+        assigned = self.assign(model)
+        total = sum(p.numel() for p in model.parameters())
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        rows = []
+        for g in self.groups:
+            numel = sum(p.numel() for _, p in assigned[g.name])
+            rows.append({"group": g.name, "tensors": len(assigned[g.name]), "parameters": numel, "lr": g.lr,
+                         "weight_decay": g.weight_decay, "warmup_fraction": g.warmup_fraction,
+                         "follows_mask_strength": g.follows_mask_strength})
+        rows.append({"group": "frozen", "tensors": len(frozen), "parameters": sum(p.numel() for p in frozen)})
+        rows.append({"group": "total", "tensors": len(list(model.parameters())), "parameters": total})
+        for row in rows:
+            row["share"] = row["parameters"] / max(1, total)
+        return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of `FinetunePolicy.table` rows (renders in TensorBoard's text tab)."""
+    lines = ["| group | tensors | parameters | share | peak lr | weight decay | warm-up | follows mask |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        opt = (f"{r['lr']:.3g} | {r['weight_decay']:.3g} | {r['warmup_fraction']:.0%} | "
+               f"{'yes' if r['follows_mask_strength'] else 'no'}") if "lr" in r else " | | | "
+        lines.append(f"| {r['group']} | {r['tensors']} | {r['parameters']:,} | {r['share']:.2%} | {opt} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ schedules
+@dataclass(frozen=True)
+class WarmupCosine:
+    """LR at optimiser step `step` (0-based): linear `start -> peak` over `warmup_steps`, then cosine
+    `peak -> end`, reaching `end` at `total_steps` (and staying there)."""
+
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    start: float = 1e-8
+    end: float = 1e-8
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (self.peak - self.start) * step / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.end + (self.peak - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class GroupLRScheduler(LRScheduler):
+    """Sets param group i's LR to `schedules[i](step)` (absolute values, not factors of a base LR).
+
+    The schedules are configuration: `state_dict` keeps only the step counter, and `load_state_dict`
+    re-applies the schedules at the restored step, so a resumed run follows the current config.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedules: Sequence[Callable[[int], float]]) -> None:
+        if len(schedules) != len(optimizer.param_groups):
+            raise ValueError(
+                f"schedules: expected one per param group ({len(optimizer.param_groups)}), got {len(schedules)}"
+            )
+        self.schedules = list(schedules)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [float(schedule(self.last_epoch)) for schedule in self.schedules]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedules")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    policy: FinetunePolicy,
+    total_steps: int,
+    mask_strength_at: Callable[[int], float],
+) -> GroupLRScheduler:
+    """Per-group warm-up + cosine over `total_steps` optimiser steps (`optimizer` built from
+    `policy.param_groups`, same order).
+
+    Mask gating: a group with `follows_mask_strength` gets LR exactly 0 at every step s with
+    `mask_strength_at(s) == 0`, so neither its gradient (zero then: the bias is multiplied by 0) nor
+    AdamW's momentum or weight decay moves it. `mask_strength_at` must be the same function of the
+    optimiser step that sets the model's strength (`MaskStrengthSchedule.strength_at`, keyed by
+    `trainer.global_step`, which equals this scheduler's step count), so the two agree by construction.
+    """
+    total_steps = max(1, int(total_steps))
+
+    def make(group: ParamGroupSpec) -> Callable[[int], float]:
+        base = WarmupCosine(group.lr, int(group.warmup_fraction * total_steps), total_steps, group.min_lr, group.min_lr)
+        if not group.follows_mask_strength:
+            return base
+        return lambda step: 0.0 if mask_strength_at(step) == 0 else base(step)
+
+    return GroupLRScheduler(optimizer, [make(g) for g in policy.groups])
+
+
+# ---------------------------------------------------------------------------------- layer sensitivity
+def _control_patches(dynamic: torch.Tensor, static: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(N, h, w) bool masks -> per frame, as many random `static` patches as `dynamic` ones (or all)."""
+    out = torch.zeros_like(dynamic.flatten(1))
+    for i, (dyn, stat) in enumerate(zip(dynamic.flatten(1), static.flatten(1))):
+        candidates = stat.nonzero().squeeze(1)
+        pick = torch.randperm(candidates.numel(), generator=generator)[: int(dyn.sum())]
+        out[i, candidates[pick]] = True
+    return out.view_as(dynamic)
+
+
+def _blank(images: torch.Tensor, patches: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """images (N, 3, H, W), patches (N, h, w) bool -> those patches filled with the frame's mean colour."""
+    pixels = patches.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)[:, None]  # (N,h,w)->(N,1,H,W)
+    return torch.where(pixels, images.mean(dim=(2, 3), keepdim=True), images)
+
+
+def _camera_tokens(model: PAGE4D, images: torch.Tensor) -> torch.Tensor:
+    """(B, S, 3, H, W) -> (depth, 2, B, S, C): camera token after frame block i ([i, 0]) and global block i."""
+    tokens, _, _ = model.aggregator(images)
+    c = model.config.embed_dim
+    return torch.stack([torch.stack([t[:, :, 0, :c], t[:, :, 0, c:]]) for t in tokens])  # (B,S,P,2C) halves
+
+
+def layer_sensitivity(model: PAGE4D, batches: Iterable[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """Rank the aggregator blocks (frame i, global i) by how much dynamic content drives them.
+
+    Per block, over the clips of `batches` (normalised batches with `dynamic_masks`):
+      dynamic_shift: mean relative change |t' - t| / |t| of the block's camera-token output t when the
+        dynamic patches (> 50 % dynamic pixels) are filled with the frame's mean colour;
+      static_shift: the same when as many random fully static patches are filled instead;
+      ratio = dynamic_shift / static_shift (> 1: the block reacts to moving content more than to the
+        same amount of static content: a candidate to fine-tune);
+      grad_rms: RMS over the block's parameters of the camera-loss gradient (`camera_loss`).
+    Frames without dynamic patches do not count. Rows sorted by `ratio`, best first, with `rank`.
+    """
+    cfg, generator = model.config, torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    shifts, grad_sq, frames, clips = torch.zeros(2, cfg.depth, 2), torch.zeros(cfg.depth, 2), 0.0, 0
+    blocks = [[model.aggregator.frame_blocks[i], model.aggregator.global_blocks[i]] for i in range(cfg.depth)]
+    for batch in batches:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        images = batch["images"]
+        b, s, _, height, width = images.shape
+        flat = images.flatten(0, 1)  # (B, S, 3, H, W) -> (B*S, 3, H, W)
+        share = F.avg_pool2d(batch["dynamic_masks"].flatten(0, 1)[:, None].float(), cfg.patch_size)[:, 0]
+        dynamic = share > 0.5  # (B*S, h, w)
+        control = _control_patches(dynamic.cpu(), (share == 0).cpu(), generator).to(device)
+        weight = dynamic.flatten(1).any(dim=1).view(b, s).float()  # frames with dynamic patches count
+        with torch.no_grad():
+            ref = _camera_tokens(model, images)
+            for j, patches in enumerate((dynamic, control)):
+                moved = _camera_tokens(model, _blank(flat, patches, cfg.patch_size).view(b, s, 3, height, width))
+                rel = (moved - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)  # (depth, 2, B, S)
+                shifts[j] += (rel * weight).sum(dim=(2, 3)).cpu()
+        frames += float(weight.sum())
+        model.zero_grad(set_to_none=True)
+        camera_loss(model(images), batch)["loss_camera"].backward()
+        for i, pair in enumerate(blocks):
+            for k, block in enumerate(pair):
+                params = list(block.parameters())
+                sq = sum(float(p.grad.float().pow(2).sum()) for p in params if p.grad is not None)
+                grad_sq[i, k] += sq / sum(p.numel() for p in params)
+        clips += b
+    if frames == 0:
+        raise ValueError("layer_sensitivity: no frame with dynamic patches in the given clips")
+    model.zero_grad(set_to_none=True)
+    rows = []
+    for i in range(cfg.depth):
+        for k, kind in enumerate(("frame", "global")):
+            dyn, stat = float(shifts[0, i, k]) / frames, float(shifts[1, i, k]) / frames
+            rows.append({"block": f"aggregator.{kind}_blocks.{i}", "kind": kind, "index": i,
+                         "dynamic_shift": dyn, "static_shift": stat, "ratio": dyn / max(stat, 1e-12),
+                         "grad_rms": math.sqrt(float(grad_sq[i, k]) / clips)})
+    rows.sort(key=lambda r: -r["ratio"])
+    return [{"rank": n + 1, **r} for n, r in enumerate(rows)]
+
+
+def analyze_layers_main(args: list[str]) -> int:
+    """`page4d analyze-layers`: rank the aggregator blocks by sensitivity to dynamics (see
+    `layer_sensitivity`); prints a table and writes JSON to `--out`."""
+    parser = argparse.ArgumentParser(prog="page4d analyze-layers", description=analyze_layers_main.__doc__)
+    parser.add_argument("--preset", choices=("tiny", "vggt_1b"), default="tiny")
+    parser.add_argument("--weights", default=None, help="checkpoint to load (VGGT-1B, PAGE-4D, own export)")
+    parser.add_argument("--dataset", default="synthetic", help="a name in datamodules.DATASETS")
+    parser.add_argument("--root", default=None, help="dataset root (None for procedural datasets)")
+    parser.add_argument("--num-clips", type=int, default=4, help="clips with dynamic content to use")
+    parser.add_argument("--num-frames", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=None, help="input width (default 112 tiny, 518 vggt_1b)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="layer_sensitivity.json")
+    opts = parser.parse_args(args)
+    if opts.num_clips < 1:
+        parser.error(f"--num-clips: expected >= 1, got {opts.num_clips}")
+    # a tool entry point (like cli.py) may use the data package; the library functions above do not
+    from datamodules import collate_clips, get_dataset_class
+
+    torch.manual_seed(opts.seed)
+    config = PAGE4DConfig.tiny() if opts.preset == "tiny" else PAGE4DConfig.vggt_1b(enable_track=False)
+    model = PAGE4D(config.replace(enable_track=False))
+    if opts.weights:
+        load_weights(model, opts.weights)
+    model.to(opts.device).eval()
+    size = opts.image_size or (112 if opts.preset == "tiny" else 518)
+    dataset = get_dataset_class(opts.dataset)(root=opts.root, num_frames=opts.num_frames, image_size=size)
+    batches = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if "dynamic_masks" not in sample:
+            raise ValueError(f"--dataset {opts.dataset!r}: its clips have no dynamic_masks; pick one that has")
+        if sample["dynamic_masks"].any():
+            batches.append(collate_clips([sample]))
+        if len(batches) == opts.num_clips:
+            break
+    rows = layer_sensitivity(model, batches, seed=opts.seed)
+    lines = [f"{'rank':>4}  {'block':<28} {'ratio':>8} {'dyn_shift':>10} {'static_shift':>12} {'grad_rms':>10}"]
+    lines += [f"{r['rank']:>4}  {r['block']:<28} {r['ratio']:>8.3f} {r['dynamic_shift']:>10.4g}"
+              f" {r['static_shift']:>12.4g} {r['grad_rms']:>10.4g}" for r in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    report = {"preset": opts.preset, "weights": opts.weights, "dataset": opts.dataset, "num_clips": len(batches),
+              "num_frames": opts.num_frames, "image_size": size, "measure": layer_sensitivity.__doc__, "blocks": rows}
+    with open(opts.out, "w") as f:
+        json.dump(report, f, indent=2)
+    sys.stdout.write(f"wrote {opts.out}\n")
+    return 0

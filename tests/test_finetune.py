@@ -1,0 +1,268 @@
+"""Targeted fine-tuning: the freeze policy trains exactly the unfrozen parameters, each group follows its
+warm-up + cosine schedule, the mask head's LR is 0 (and it does not move) while the mask strength is 0,
+bad policies fail by name, the group table is logged, and `page4d analyze-layers` ranks the blocks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from datamodules import Page4DDataModule
+from page4d_lightning.callbacks import MaskStrengthSchedule
+from page4d_lightning.cli import main
+from page4d_lightning.finetune import (
+    FINETUNE_PRESETS,
+    FinetunePolicy,
+    GroupLRScheduler,
+    WarmupCosine,
+)
+from page4d_lightning.models import PAGE4D, PAGE4DConfig
+from page4d_lightning.module import Page4DModule
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, HOLD, END = 6, 2, 4  # strength 1 on steps 0-2, 0.5 on 3, 0 on 4-5
+MASK = "aggregator.spatial_mask_head."
+
+
+def _policy() -> dict:
+    """The PAGE-4D freeze set with larger LRs (so every step visibly moves the weights) and warm-ups
+    that span a few of the STEPS steps."""
+    config = copy.deepcopy(FINETUNE_PRESETS["page4d"])
+    frame, glob, mask = config["groups"]
+    frame.update(lr=1e-3, warmup_fraction=0.34)  # int(0.34 * 6) = 2 warm-up steps
+    glob.update(lr=5e-4, weight_decay=0.0, warmup_fraction=0.0)
+    mask.update(lr=2e-3, warmup_fraction=0.34)
+    return config
+
+
+class _Recorder(Callback):
+    """Per optimiser step: group LRs, mask strength, requires_grad; mask-head weights when it turns off."""
+
+    def __init__(self) -> None:
+        self.lrs: list[dict[str, float]] = []
+        self.strength: list[float] = []
+        self.requires_grad: list[dict[str, bool]] = []
+        self.mask_head_at_end: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == END:
+            self.mask_head_at_end = {
+                n: p.detach().clone() for n, p in pl_module.model.named_parameters() if n.startswith(MASK)
+            }
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        self.strength.append(pl_module.model.mask_strength)
+        self.requires_grad.append({n: p.requires_grad for n, p in pl_module.model.named_parameters()})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short fine-tuning run under the PAGE-4D freeze set, with gradient clipping spied on."""
+    torch.manual_seed(0)
+    module = Page4DModule(preset="tiny", finetune=_policy())
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    requires_grad = {n: p.requires_grad for n, p in module.model.named_parameters()}
+    clipped: list[set[int]] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        clipped.append({id(p) for p in parameters})
+        return real_clip(parameters, *args, **kwargs)
+
+    recorder = _Recorder()
+    data = Page4DDataModule("synthetic", num_frames=2, image_size=56, batch_size=1, train={"num_clips": STEPS})
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        default_root_dir=tmp_path_factory.mktemp("run"), max_steps=STEPS, limit_val_batches=0,
+        gradient_clip_val=1.0, callbacks=[MaskStrengthSchedule(hold=HOLD, end=END), recorder],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+        trainer.fit(module, datamodule=data)
+    return {"module": module, "trainer": trainer, "before": before, "requires_grad": requires_grad,
+            "clipped": clipped, "recorder": recorder}
+
+
+def _unfrozen(name: str) -> bool:
+    """The PAGE-4D trainable set, written independently of the globs."""
+    return bool(re.match(r"aggregator\.(frame|global)_blocks\.1\d\.", name)) or name.startswith(MASK)
+
+
+def test_only_the_unfrozen_parameters_train(run: dict) -> None:
+    model = run["module"].model
+    assert run["trainer"].global_step == STEPS
+    for name, param in model.named_parameters():
+        assert param.requires_grad == _unfrozen(name), name
+        if _unfrozen(name):
+            assert not torch.equal(param, run["before"][name]), f"trainable {name} did not move"
+        else:
+            assert torch.equal(param, run["before"][name]), f"frozen {name} changed"
+            assert param.grad is None, f"frozen {name} got a gradient"
+    assert len(run["recorder"].requires_grad) == STEPS
+    assert all(rg == run["requires_grad"] for rg in run["recorder"].requires_grad), "requires_grad flipped mid-run"
+
+
+def test_one_optimizer_step_per_iteration_clipping_only_trainable(run: dict) -> None:
+    optimizer = run["trainer"].optimizers[0]
+    trainable = {id(p) for p in run["module"].model.parameters() if p.requires_grad}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == trainable
+    assert len(run["clipped"]) == STEPS and all(c == trainable for c in run["clipped"])
+    assert {float(s["step"]) for s in optimizer.state.values()} == {float(STEPS)}
+    assert run["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == STEPS
+
+
+def _expected_lr(step: int, peak: float, warmup: int, floor: float = 1e-8, total: int = STEPS) -> float:
+    """Hand formula: linear floor -> peak over `warmup` steps, then cosine peak -> floor at `total`."""
+    if step < warmup:
+        return floor + (peak - floor) * step / warmup
+    return floor + (peak - floor) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
+
+
+def test_group_lrs_follow_warmup_cosine_and_the_mask_gate(run: dict) -> None:
+    lrs, strength = run["recorder"].lrs, run["recorder"].strength
+    assert strength == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.0, 0.0], abs=1e-12)
+    for step in range(STEPS):
+        assert lrs[step]["frame_blocks"] == pytest.approx(_expected_lr(step, 1e-3, 2), rel=1e-9, abs=0)
+        assert lrs[step]["global_blocks"] == pytest.approx(_expected_lr(step, 5e-4, 0), rel=1e-9, abs=0)
+        if step < END:
+            assert strength[step] > 0
+            assert lrs[step]["mask_head"] == pytest.approx(_expected_lr(step, 2e-3, 2), rel=1e-9, abs=0)
+        else:
+            assert strength[step] == 0.0 and lrs[step]["mask_head"] == 0.0, step
+    # spot values: peak after warm-up; warm-up starts at 1e-8; global cosine half-way at step 3 of 6
+    assert lrs[2]["frame_blocks"] == pytest.approx(1e-3, rel=1e-12)
+    assert lrs[0]["mask_head"] == pytest.approx(1e-8, rel=1e-12)
+    assert lrs[3]["global_blocks"] == pytest.approx(1e-8 + (5e-4 - 1e-8) * 0.5, rel=1e-9)
+
+
+def test_mask_head_does_not_move_while_the_strength_is_zero(run: dict) -> None:
+    at_end = run["recorder"].mask_head_at_end
+    assert at_end, "the run reached the step where the strength turns 0"
+    for name, param in run["module"].model.named_parameters():
+        if name.startswith(MASK):
+            assert not torch.equal(at_end[name], run["before"][name]), f"{name} never trained"
+            assert torch.equal(param.detach(), at_end[name]), f"{name} moved at strength 0"
+
+
+def test_fit_start_logs_the_group_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    module = Page4DModule(preset="tiny", finetune="page4d")
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = L.Trainer(accelerator="cpu", logger=tb, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_train_batches=0, limit_val_batches=0, max_steps=1)
+    data = Page4DDataModule("synthetic", num_frames=2, image_size=56, train={"num_clips": 1})
+    # no MaskStrengthSchedule and strength 0: the mask head can never train, and the module says so
+    with caplog.at_level(logging.INFO, logger="page4d_lightning.module"), pytest.warns(
+        UserWarning, match="'mask_head' follows the mask strength, which is 0 from step 0"
+    ):
+        trainer.fit(module, datamodule=data)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "page4d_lightning.module")
+    params = dict(module.model.named_parameters())
+    counts = {
+        "frame_blocks": sum(p.numel() for n, p in params.items() if re.match(r"aggregator\.frame_blocks\.1\d\.", n)),
+        "global_blocks": sum(p.numel() for n, p in params.items() if re.match(r"aggregator\.global_blocks\.1\d\.", n)),
+        "mask_head": sum(p.numel() for n, p in params.items() if n.startswith(MASK)),
+        "frozen": sum(p.numel() for n, p in params.items() if not _unfrozen(n)),
+    }
+    for group, count in counts.items():
+        assert re.search(rf"\| {group} \| \d+ \| {count:,} \|", text), (group, count, text)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(tb.log_dir)), size_guidance={"tensors": 0}).Reload()
+    assert "finetune/parameter_groups/text_summary" in events.Tags()["tensors"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> PAGE4D:
+    return PAGE4D(PAGE4DConfig.tiny())
+
+
+def _config(trainable: list[str], groups: list[tuple[str, list[str]]]) -> dict:
+    return {"trainable": trainable, "groups": [{"name": n, "params": p, "lr": 1e-4} for n, p in groups]}
+
+
+def test_bad_policies_fail_by_name(tiny: PAGE4D) -> None:
+    blocks, mask = "aggregator.frame_blocks.1[0-9].*", "aggregator.spatial_mask_head.*"
+    cases = [
+        (_config(["aggregator.frame_block.*"], [("g", ["*"])]), "pattern 'aggregator.frame_block.\\*' matches no"),
+        (_config([blocks, mask], [("a", [blocks]), ("b", ["aggregator.frame_blocks.10.*", mask])]),
+         "'aggregator.frame_blocks.10.norm1.weight' is in 2 groups \\['a', 'b'\\]"),
+        (_config([blocks, mask], [("a", [blocks])]), "'aggregator.spatial_mask_head.head0.0.weight' is in no group"),
+        (_config([blocks], [("a", [blocks, "camera_head.*"])]), "group 'a': pattern 'camera_head.\\*' matches no"),
+    ]
+    for config, message in cases:
+        policy = FinetunePolicy.from_config(config)
+        with pytest.raises(ValueError, match=message):
+            policy.freeze(tiny)
+            policy.assign(tiny)
+    with pytest.raises(ValueError, match="unknown preset 'page5'; available: \\['page4d'\\]"):
+        FinetunePolicy.from_config("page5")
+    with pytest.raises(ValueError, match=r"groups\[0\]: unknown keys \['lrr'\], missing \['lr'\]"):
+        FinetunePolicy.from_config({"trainable": ["*"], "groups": [{"name": "a", "params": ["*"], "lrr": 1.0}]})
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        FinetunePolicy.from_config({"trainable": ["*"], "groups": [{"name": "a", "params": ["*"], "lr": 1.0,
+                                                                   "warmup_fraction": 1.0}]})
+    with pytest.raises(ValueError, match="'aggregator.frame_blocks.10.norm1.weight' is in no group"):
+        Page4DModule(preset="tiny", finetune=_config([blocks], [("a", ["aggregator.frame_blocks.11.*"])]))
+
+
+def test_default_is_one_group_over_everything(tiny: PAGE4D) -> None:
+    policy = FinetunePolicy.full(lr=1e-4, weight_decay=0.05, warmup_fraction=0.05, min_lr=1e-8)
+    assert policy.freeze(tiny) == len(list(tiny.parameters()))
+    (group,) = policy.param_groups(tiny)
+    assert len(group["params"]) == len(list(tiny.parameters())) and group["weight_decay"] == 0.05
+
+
+def test_scheduler_state_is_only_the_step_and_resumes_from_config(tmp_path: Path) -> None:
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    schedules = [WarmupCosine(1e-3, 2, 10), lambda step: 0.0 if step >= 4 else 1e-4]
+
+    def build() -> tuple[torch.optim.Optimizer, GroupLRScheduler]:
+        opt = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]]}])
+        return opt, GroupLRScheduler(opt, schedules)
+
+    opt, sched = build()
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "s.pt")
+    opt2, sched2 = build()
+    sched2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert sched2.last_epoch == 5 and [g["lr"] for g in opt2.param_groups] == [schedules[0](5), 0.0]
+    assert "schedules" not in sched.state_dict()
+
+
+def test_finetune_experiment_prints_its_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "experiments" / "finetune_vggt.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "finetune: page4d" in out and "preset: vggt_1b" in out and "weights: checkpoints/model.pt" in out
+
+
+def test_analyze_layers_ranks_every_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "layers.json"
+    args = ["--num-clips", "1", "--num-frames", "2", "--image-size", "56", "--out", str(out), "--device", "cpu"]
+    assert main(["analyze-layers", *args]) == 0
+    report = json.loads(out.read_text())
+    rows = report["blocks"]
+    assert len(rows) == 48 and [r["rank"] for r in rows] == list(range(1, 49))
+    assert {r["block"] for r in rows} == {f"aggregator.{k}_blocks.{i}" for k in ("frame", "global") for i in range(24)}
+    ratios = [r["ratio"] for r in rows]
+    assert ratios == sorted(ratios, reverse=True)
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["dynamic_shift"] / r["static_shift"])
+        assert r["dynamic_shift"] > 0 and r["static_shift"] > 0 and r["grad_rms"] > 0
+    assert rows[0]["block"] in capsys.readouterr().out
