@@ -21,6 +21,7 @@ BENCHMARKS = {
     "train_step_tiny": "bench_train_step",
     "model": "bench_model",
     "metrics": "bench_metrics",
+    "datasets": "bench_datasets",
     "finetune": "bench_finetune",
 }
 

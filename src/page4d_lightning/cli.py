@@ -39,6 +39,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     # imported here so that `page4d_lightning` itself never depends on the `datamodules` package
     from datamodules import Page4DDataModule
 
+    # atomic checkpoint saves by default (shown by --print_config); a YAML that sets `trainer.plugins` replaces
+    # this list, so it keeps AtomicCheckpointIO in it, or plugins are added with `--trainer.plugins+=CLASS`
+    atomic_io = {"class_path": "page4d_lightning.checkpointing.AtomicCheckpointIO"}
     return LightningCLI(
         Page4DModule,
         Page4DDataModule,
@@ -46,6 +49,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"plugins": [atomic_io]},
     )
 
 

@@ -149,14 +149,16 @@ class FinetunePolicy:
     # --------------------------------------------------------------------------------- applying it
     def freeze(self, model: nn.Module) -> int:
         """Set `requires_grad` of every parameter of `model` from `trainable` (once); returns the
-        number of trainable tensors. Raises ValueError naming a glob that matches no parameter."""
+        number of trainable tensors. A parameter the model builds frozen (the encoder's unused `mask_token`)
+        stays frozen: training it would leave DDP with a parameter that never gets a gradient.
+        Raises ValueError naming a glob that matches no parameter."""
         names = [n for n, _ in model.named_parameters()]
         for pattern in self.trainable:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ValueError(f"finetune trainable: pattern {pattern!r} matches no parameter of the model")
         count = 0
         for name, param in model.named_parameters():
-            param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in self.trainable))
+            param.requires_grad_(param.requires_grad and any(fnmatch.fnmatchcase(name, p) for p in self.trainable))
             count += int(param.requires_grad)
         return count
 

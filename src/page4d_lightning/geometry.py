@@ -192,10 +192,12 @@ def cam_to_world_points(cam_points: Tensor, extrinsics: Tensor) -> Tensor:
     _check(extrinsics, "extrinsics", _POSE)
     if cam_points.ndim < 3:
         raise ValueError(f"cam_points: expected (..., H, W, 3), got {tuple(cam_points.shape)}")
-    R = extrinsics[..., None, None, :3, :3]  # (..., 1, 1, 3, 3): broadcast over pixels
-    t = extrinsics[..., None, None, :3, 3]
-    # row-vector form: (X - t) R == (R^T (X - t))^T
-    return ((cam_points - t)[..., None, :] @ R)[..., 0, :]
+    R, t = extrinsics[..., :3, :3], extrinsics[..., None, None, :3, 3]
+    H, W = cam_points.shape[-3:-1]
+    # (..., H, W, 3) -> (..., H*W, 3): one (H*W, 3) @ (3, 3) product per frame (a per-pixel 1x3 @ 3x3
+    # broadcast is ~5x slower); row-vector form: (X - t) R == (R^T (X - t))^T
+    world = (cam_points - t).reshape(*cam_points.shape[:-3], H * W, 3) @ R
+    return world.reshape(*world.shape[:-2], H, W, 3)
 
 
 def depth_to_world_points(depth: Tensor, extrinsics: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor]:

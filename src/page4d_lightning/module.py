@@ -2,8 +2,8 @@
 
 It holds the pure `PAGE4D` network as `self.model` and adds the loss, the optimiser, the metrics and
 logging. One `_shared_step(batch, stage)` serves train / val / test: a batch with NaN/inf, or a step
-whose loss is not finite, is skipped with a warning and counted; `max_bad_steps` consecutive skipped
-training steps stop the run (the last good checkpoint stays on disk).
+whose loss is not finite, is skipped (on every DDP rank together) with a warning and counted;
+`max_bad_steps` consecutive skipped training steps stop the run (the last good checkpoint stays on disk).
 
 Fine-tuning is declarative (`finetune.py`): the `finetune` argument names a policy (preset "page4d" or
 trainable globs + parameter groups); it sets `requires_grad` once in `configure_models`, and
@@ -102,6 +102,7 @@ class Page4DModule(L.LightningModule):
         self.save_hyperparameters()
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
+        self._skip_optimizer_step = False
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -152,17 +153,26 @@ class Page4DModule(L.LightningModule):
         return self.model(images, query_points=query_points)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
+        reason = None
         bad = find_non_finite(batch)
         if bad:
-            self._skip(stage, f"batch has NaN/inf in {bad} (clips: {_clip_names(batch)})")
-            return None
-        query = batch["tracks"][:, 0] if self.model.config.enable_track and "tracks" in batch else None
-        predictions = self.model(batch["images"], query_points=query)
-        terms = self.loss(predictions, batch)
-        objective = terms["objective"]
-        if not torch.isfinite(objective):
-            names = [k for k, v in terms.items() if not torch.isfinite(v)]
-            self._skip(stage, f"non-finite loss terms {names} (clips: {_clip_names(batch)})")
+            reason = f"batch has NaN/inf in {bad} (clips: {_clip_names(batch)})"
+        else:
+            query = batch["tracks"][:, 0] if self.model.config.enable_track and "tracks" in batch else None
+            predictions = self.model(batch["images"], query_points=query)
+            terms = self.loss(predictions, batch)
+            objective = terms["objective"]
+            if not torch.isfinite(objective):
+                names = [k for k, v in terms.items() if not torch.isfinite(v)]
+                reason = f"non-finite loss terms {names} (clips: {_clip_names(batch)})"
+        if stage == "train" and self._on_any_rank(reason is not None):
+            # every rank skips together: DDP needs the same backward on all ranks, so the step returns a zero
+            # objective over the trainable parameters and `on_before_optimizer_step` drops its (zero) gradients
+            self._skip(stage, reason or "another rank had a non-finite batch or loss")
+            self._skip_optimizer_step = True
+            return sum((p * 0.0).sum() for p in self.model.parameters() if p.requires_grad)
+        if reason is not None:
+            self._skip(stage, reason)
             return None
         if stage == "train":
             self.bad_steps_in_a_row = 0
@@ -176,6 +186,13 @@ class Page4DModule(L.LightningModule):
         if stage in ("val", "test"):
             self._update_metrics(predictions, batch, stage)
         return objective
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """True when `flag` is True on any process (one all-reduce under DDP; just `flag` otherwise)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
 
     def _skip(self, stage: str, reason: str) -> None:
         rank_zero_warn(f"{stage} step {self.global_step} skipped: {reason}")
@@ -300,6 +317,13 @@ class Page4DModule(L.LightningModule):
         return lambda step: constant
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_optimizer_step:
+            # a skipped step: AdamW ignores parameters without a gradient (no moment or weight-decay update)
+            self._skip_optimizer_step = False
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            return
         # the gating is exact by construction (see `finetune.build_scheduler`); fail loudly if the LR
         # schedule and the strength schedule ever disagree instead of silently moving the mask head
         if self.model.mask_strength == 0.0:
