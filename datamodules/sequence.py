@@ -262,7 +262,12 @@ class SequenceDataset(Dataset):
         out_hw = geometry.out_hw
         resample = geometry.sparse_depth if self.sparse_depth else geometry.nearest
         depths = np.stack([resample(f.depth) if f.depth is not None else np.zeros(out_hw, np.float32) for f in frames])
-        extrinsics = torch.from_numpy(np.stack([f.extrinsics for f in frames])).float()
+        extrinsics = np.stack([f.extrinsics for f in frames])  # (S, 3, 4) float64
+        if self.normalize:
+            # express the clip in camera 0's frame here (float64, exact identity for frame 0): the world points
+            # then need one transform instead of two, and normalize_sample skips its own
+            extrinsics = relative_to_first(extrinsics)
+        extrinsics = torch.from_numpy(extrinsics).float()
         intrinsics = torch.from_numpy(np.stack([geometry.intrinsics(f.intrinsics) for f in frames])).float()
         depth_t = torch.from_numpy(depths).float()
         world, cam = depth_to_world_points(depth_t, extrinsics, intrinsics)
@@ -319,6 +324,16 @@ class SequenceDataset(Dataset):
                 except ClipFormatError as err:
                     problems.append(str(err))
         return problems
+
+
+def relative_to_first(extrinsics: np.ndarray) -> np.ndarray:
+    """Camera-from-world (S, 3, 4) -> E_i E_0^-1 (S, 3, 4): the same cameras in camera 0's frame."""
+    R, t = extrinsics[:, :, :3], extrinsics[:, :, 3]
+    R0, t0 = R[0], t[0]
+    R_rel = R @ R0.T  # R_i R_0^T
+    t_rel = t - R_rel @ t0  # t_i - R_i R_0^T t_0
+    R_rel[0], t_rel[0] = np.eye(3), 0.0  # exactly, not up to rounding
+    return np.concatenate([R_rel, t_rel[..., None]], axis=-1)
 
 
 def parse_clip_key(key: int | tuple | list) -> tuple[int, int | None, float | None, int | None]:

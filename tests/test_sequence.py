@@ -162,3 +162,16 @@ def test_check_frame_names_the_problem() -> None:
         check_frame(Frame(good.image, good.intrinsics, scaled, source="x.png"), "toy/a")
     with pytest.raises(ValueError, match="root"):
         ToyDataset(None)
+
+
+def test_normalised_clip_equals_normalize_sample_of_the_metric_clip() -> None:
+    """The readers build normalised clips in camera 0's frame directly (one transform instead of two); the
+    result must equal the official normalisation applied to the metric clip."""
+    from page4d_lightning.geometry import normalize_sample
+
+    kwargs = {"num_frames": 4, "image_size": 56, "aspect_ratio": 0.75, "sequences": ["a"], "stride": 2}
+    direct = ToyDataset("/", normalize=True, **kwargs)[0]
+    reference = normalize_sample(ToyDataset("/", normalize=False, **kwargs)[0])
+    for key in ("extrinsics", "world_points", "cam_points", "depths", "scale"):
+        torch.testing.assert_close(direct[key], reference[key], atol=1e-5, rtol=1e-5, msg=key)
+    assert torch.equal(direct["point_masks"], reference["point_masks"])

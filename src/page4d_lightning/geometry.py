@@ -294,8 +294,12 @@ def normalize_clip(batch: dict) -> dict:
     first = extr[:, :1]  # (B, 1, 3|4, 4): camera 0 of each clip
     new_extr = se3_compose(extr[..., :3, :], se3_inverse(first[..., :3, :]))  # (B, S, 3, 4)
     R0, t0 = first[:, 0, :3, :3], first[:, 0, :3, 3]  # (B, 3, 3), (B, 3)
-    # (B, S*H*W, 3) @ (B, 3, 3)^T + t0: one batched matmul instead of S*H*W tiny 3x3 products
-    new_world = torch.baddbmm(t0[:, None], world.reshape(B, -1, 3), R0.transpose(-1, -2)).reshape(world.shape)
+    identity = torch.eye(3, 4, dtype=extr.dtype, device=extr.device).expand(B, 3, 4)
+    already_first = torch.equal(first[:, 0, :3, :], identity)
+    if already_first:  # the clip is already in camera 0's frame (readers build it so): no transform needed
+        new_world = world
+    else:  # (B, S*H*W, 3) @ (B, 3, 3)^T + t0: one batched matmul instead of S*H*W tiny 3x3 products
+        new_world = torch.baddbmm(t0[:, None], world.reshape(B, -1, 3), R0.transpose(-1, -2)).reshape(world.shape)
 
     # |X| over valid pixels: squared components summed by a (3,) matmul (faster than norm(dim=-1) on 3-wide rows)
     dist = (new_world * new_world).reshape(B, -1, 3) @ new_world.new_ones(3)  # (B, S*H*W)
@@ -305,7 +309,9 @@ def normalize_clip(batch: dict) -> dict:
     out = dict(batch)
     out["point_masks"] = masks
     out["extrinsics"] = torch.cat([new_extr[..., :3], new_extr[..., 3:] / scale[:, None, None, None]], -1)
-    out["world_points"] = new_world.div_(scale[:, None, None, None, None])  # new_world is ours: in place
+    scale_5d = scale[:, None, None, None, None]
+    # in place only on our own baddbmm result, never on the caller's tensor
+    out["world_points"] = new_world / scale_5d if already_first else new_world.div_(scale_5d)
     if "cam_points" in batch:
         out["cam_points"] = batch["cam_points"] / scale[:, None, None, None, None]
     if "depths" in batch:
