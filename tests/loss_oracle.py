@@ -367,8 +367,14 @@ def compute_track_loss(
             "loss_conf_track": dummy_conf,
         }
     coord_loss = sequence_loss(
-        coord_preds, gt_tracks, gt_track_vis_mask, valids, gamma=gamma, vis_aware=vis_aware,
-        vis_aware_w=vis_aware_w, **kwargs,
+        coord_preds,
+        gt_tracks,
+        gt_track_vis_mask,
+        valids,
+        gamma=gamma,
+        vis_aware=vis_aware,
+        vis_aware_w=vis_aware_w,
+        **kwargs,
     )
     coord_loss = check_and_fix_inf_nan(coord_loss, hard_max=None)
     if vis_scores is not None:

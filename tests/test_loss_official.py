@@ -167,3 +167,85 @@ def test_the_cases_exercise_what_they_claim() -> None:
     b4, p4 = _scenario("abandon_geometry", 0)
     geo = official_multitask_loss(p4, b4, CAMERA, DEPTH, POINT)
     assert float(geo["loss_reg_depth"]) == 0.0 and float(geo["loss_grad_point"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- tracks
+N_TRACKS = 8
+TRACK_TERMS = ("loss_track", "loss_coord_track", "loss_vis_track", "loss_conf_track")
+TRACK_CONFIGS = {
+    "defaults": {"weight": 1.0},
+    "vis_aware": {"weight": 1.0, "gamma": 0.6, "vis_aware": True, "conf_threshold": 2.0, "weight_vis": 0.5},
+}
+
+
+def _track_case(seed: int, scenario: str) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """`_case` plus GT tracks (pixels) and track predictions: 4 iterations closing in on the GT."""
+    batch, preds = _case(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    n_gt = N_TRACKS + 2 if scenario == "more_gt_tracks" else N_TRACKS  # extra GT tracks are sliced away
+    tracks = W * torch.rand(B, S, n_gt, 2, generator=g)
+    vis = torch.rand(B, S, n_gt, generator=g) > 0.3
+    vis[0, 0, :3] = False  # tracks not visible at the query frame: ignored by every term
+    tracks[1, 2, 0, 0], tracks[0, 1, 5, 1] = float("nan"), float("inf")  # NaN/inf GT -> 0, no clamp
+    vis[1, :, 0] = vis[0, :, 5] = True
+    if scenario == "no_visible_query":
+        vis[:, 0] = False
+    elif scenario == "two_visible_points":  # <= 2 valid & visible points: the coordinate term is 0
+        vis[:] = False
+        vis[0, 0, 4] = vis[1, 0, 6] = True
+    elif scenario not in ("plain", "more_gt_tracks"):
+        raise AssertionError(scenario)
+    # errors from ~12 px (first iteration) to ~1.5 px (last), so the 3 px confidence target is mixed
+    track_list = [
+        tracks[:, :, :N_TRACKS].nan_to_num(0.0, 0.0, 0.0) + (4 - i) * 3.0 * torch.randn(B, S, N_TRACKS, 2, generator=g)
+        for i in range(4)
+    ]
+    batch.update(tracks=tracks, track_vis_mask=vis, track_positive_mask=torch.rand(B, n_gt, generator=g) > 0.5)
+    preds.update(
+        track=track_list[-1],
+        track_list=track_list,
+        vis=torch.sigmoid(2 * torch.randn(B, S, N_TRACKS, generator=g)),
+        conf=torch.sigmoid(2 * torch.randn(B, S, N_TRACKS, generator=g)),
+    )
+    return batch, preds
+
+
+TRACK_SCENARIOS = ("plain", "more_gt_tracks", "no_visible_query", "two_visible_points")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("scenario", TRACK_SCENARIOS)
+@pytest.mark.parametrize("config", sorted(TRACK_CONFIGS))
+def test_track_terms_equal_the_official_loss(config: str, scenario: str, seed: int) -> None:
+    batch, preds = _track_case(seed, scenario)
+    track = TRACK_CONFIGS[config]
+    ours = MultitaskLoss(camera=CAMERA, depth=DEPTH, point=POINT, track=track)(preds, batch)
+    ref = official_multitask_loss(preds, batch, camera=CAMERA, depth=DEPTH, point=POINT, track=track)
+    assert set(ours) == set(ref) == set(TERMS) | set(TRACK_TERMS)
+    mismatches = []
+    for name in (*TRACK_TERMS, "objective"):
+        a, b = float(ours[name]), float(ref[name])
+        assert math.isfinite(a), name
+        if not math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7):
+            mismatches.append(f"{name}: ours {a:.7g} official {b:.7g}")
+    assert not mismatches, "; ".join(mismatches)
+
+
+def test_the_track_cases_exercise_what_they_claim() -> None:
+    """Guards the track inputs: every term non-zero, mixed confidence target, scenarios zero what they claim."""
+    batch, preds = _track_case(0, "plain")
+    plain = official_multitask_loss(preds, batch, CAMERA, DEPTH, POINT, track={"weight": 1.0})
+    assert all(float(plain[t]) > 0.0 for t in TRACK_TERMS)
+    err = (batch["tracks"].nan_to_num(0.0, 0.0, 0.0) - preds["track_list"][-1]).norm(dim=-1)
+    assert 0 < int((err < 3.0).sum()) < err.numel()
+    # the official BCE-with-logits on sigmoid outputs differs from plain BCE on them
+    valid = batch["track_vis_mask"][:, 0:1].expand_as(batch["track_vis_mask"])
+    plain_bce = torch.nn.functional.binary_cross_entropy(preds["vis"][valid], batch["track_vis_mask"][valid].float())
+    assert abs(float(plain["loss_vis_track"]) - float(plain_bce)) > 1e-2
+    b, p = _track_case(0, "no_visible_query")
+    assert all(
+        float(official_multitask_loss(p, b, CAMERA, DEPTH, POINT, {"weight": 1.0})[t]) == 0.0 for t in TRACK_TERMS
+    )
+    b, p = _track_case(0, "two_visible_points")
+    two = official_multitask_loss(p, b, CAMERA, DEPTH, POINT, {"weight": 1.0})
+    assert float(two["loss_coord_track"]) == 0.0 and float(two["loss_vis_track"]) > 0.0

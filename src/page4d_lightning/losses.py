@@ -329,36 +329,58 @@ def track_loss(
     weight_coord: float = 1.0,
     weight_vis: float = 0.2,
     weight_conf: float = 0.1,
+    vis_aware: bool = False,
+    vis_aware_w: float = 0.1,
     conf_threshold: float = 3.0,
     **_: Any,
 ) -> dict[str, Tensor]:
-    """Tracking loss over `track_list` iterations (B,S,N,2); vis/conf are probabilities (after sigmoid)."""
-    coord_preds: list[Tensor] = predictions["track_list"]
+    """Tracking loss (official `compute_track_loss`): coordinate L1 over iterations, visibility and confidence BCE.
+
+    predictions: `track_list` (iterations of (B,S,N,2) pixels; falls back to `[track]`), `vis`, `conf`
+    (B,S,N), sigmoid outputs. batch: `tracks` (B,S,N',2) pixels, `track_vis_mask` (B,S,N') bool, sliced to
+    the N predicted queries. Only tracks visible in frame 0 count (`track_positive_mask` is not used, as
+    officially). `loss_coord_track` = sum_i gamma^(n-1-i) * mean over visible points of the x/y-mean L1,
+    divided by n (an iteration with <= 2 such points adds 0 unless `vis_aware`). `loss_vis_track` /
+    `loss_conf_track` use BCE-with-logits on `vis` / `conf` as the official code, which treats the sigmoid
+    outputs as logits; the confidence target is "final-iteration error < conf_threshold pixels".
+    `vis_aware` only changes the mask weight, which cancels in the masked mean (official behaviour).
+    """
+    coord_preds = predictions.get("track_list")
+    if coord_preds is None:
+        coord_preds = [predictions["track"]]
     n_query = coord_preds[-1].shape[2]
     gt_tracks = fix_non_finite(batch["tracks"][:, :, :n_query], "gt_tracks", hard_max=None)
     gt_vis = batch["track_vis_mask"][:, :, :n_query].to(torch.bool)
-    valid = gt_vis[:, 0:1].expand_as(gt_vis)  # tracks visible at their query frame
+    valid = gt_vis[:, 0:1].expand_as(gt_vis)  # tracks visible at their query frame, for every frame
     if not valid.any():
+        logger.warning("track_loss: no track is visible in the first frame; the track terms are 0")
         zero = _zero_like_graph(coord_preds[-1])
         return {"loss_track": zero, "loss_coord_track": zero, "loss_vis_track": zero, "loss_conf_track": zero}
-    n = len(coord_preds)
-    coord = coord_preds[-1].new_zeros(())
-    for i, pred in enumerate(coord_preds):
-        err = (pred - gt_tracks).abs().sum(dim=-1)  # (B,S,N) L1 in pixels
-        coord = coord + gamma ** (n - i - 1) * err[valid & gt_vis].mean()
-    coord = fix_non_finite(coord / n, "coord_loss", hard_max=None)
-    vis_loss = _bce_probs(predictions.get("vis"), gt_vis.float(), valid, coord)
+    coord = _sequence_l1(coord_preds, gt_tracks, valid & gt_vis, gamma, vis_aware)
+    vis_loss = _bce_on_sigmoid_outputs(predictions.get("vis"), gt_vis.float(), valid, coord)
     gt_conf = ((gt_tracks - coord_preds[-1]).norm(dim=-1) < conf_threshold).float()
-    conf_loss = _bce_probs(predictions.get("conf"), gt_conf, valid, coord)
+    conf_loss = _bce_on_sigmoid_outputs(predictions.get("conf"), gt_conf, valid, coord)
     total = coord * weight_coord + vis_loss * weight_vis + conf_loss * weight_conf
     return {"loss_track": total, "loss_coord_track": coord, "loss_vis_track": vis_loss, "loss_conf_track": conf_loss}
 
 
-def _bce_probs(prob: Tensor | None, target: Tensor, valid: Tensor, like: Tensor) -> Tensor:
-    if prob is None:
+def _sequence_l1(preds: list[Tensor], gt: Tensor, mask: Tensor, gamma: float, vis_aware: bool) -> Tensor:
+    """Official `sequence_loss`: preds n x (B,S,N,2), gt (B,S,N,2), mask (B,S,N) bool -> scalar."""
+    n = len(preds)
+    enough = vis_aware or int(mask.sum()) > 2
+    loss = preds[-1].new_zeros(())
+    for i, pred in enumerate(preds):
+        err = fix_non_finite((pred - gt).abs(), "track_l1", hard_max=None).mean(dim=-1)  # (B,S,N) pixels
+        loss = loss + gamma ** (n - i - 1) * (err[mask].mean() if enough else _zero_like_graph(err))
+    return fix_non_finite(loss / n, "coord_loss", hard_max=None)
+
+
+def _bce_on_sigmoid_outputs(scores: Tensor | None, target: Tensor, valid: Tensor, like: Tensor) -> Tensor:
+    """BCE-with-logits of `scores[valid]` (sigmoid outputs used as logits, as officially); 0 if None."""
+    if scores is None:
         return like * 0.0
-    p = prob[valid].clamp(1e-6, 1 - 1e-6)
-    return fix_non_finite(F.binary_cross_entropy(p, target[valid]), "track_bce", hard_max=None)
+    bce = F.binary_cross_entropy_with_logits(scores[valid], target[valid])
+    return fix_non_finite(bce, "track_bce", hard_max=None)
 
 
 # ------------------------------------------------------------------------------------------- compose
