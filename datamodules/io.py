@@ -22,6 +22,7 @@ __all__ = [
     "read_png_uint16",
     "read_float16_png",
     "read_mask_png",
+    "read_label_png",
     "read_float_tiff",
     "read_exr",
     "read_npz",
@@ -45,6 +46,11 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 
 
 def _open_image(path: str | Path, what: str) -> np.ndarray:
+    return _open_image_with_mode(path, what)[0]
+
+
+def _open_image_with_mode(path: str | Path, what: str) -> tuple[np.ndarray, str]:
+    """(array, PIL mode as stored) of an image file; ClipFormatError naming the file when it is unreadable."""
     path = require_file(path, what)
     try:
         with Image.open(path) as img:
@@ -55,7 +61,7 @@ def _open_image(path: str | Path, what: str) -> np.ndarray:
             array = np.asarray(img)
     except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL: truncated / unknown data
         raise ClipFormatError(f"{path}: unreadable {what} (truncated or not an image): {err}") from None
-    return array
+    return array, mode
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -94,6 +100,23 @@ def read_mask_png(path: str | Path, threshold: int = 0) -> np.ndarray:
     if array.ndim == 3:
         array = array.max(axis=2)
     return array > threshold
+
+
+def read_label_png(path: str | Path, allow_colour: bool = False) -> np.ndarray:
+    """An instance-id PNG (palette / grey / 16-bit: the stored index) -> (H, W) int64 labels.
+
+    With `allow_colour`, an RGB(A) PNG gets one label per colour (0xRRGGBB): the ids are then only
+    consistent within the file. Kubric's `write_palette_png` (also used by PointOdyssey) writes palette PNGs.
+    """
+    array, mode = _open_image_with_mode(path, "label PNG")
+    if array.ndim == 2 and mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+        return array.astype(np.int64)
+    if allow_colour and array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        rgb = array[..., :3].astype(np.int64)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    raise ClipFormatError(
+        f"{path}: expected a palette / grey label PNG holding instance ids, got mode {mode} shape {array.shape}"
+    )
 
 
 def read_float_tiff(path: str | Path) -> np.ndarray:

@@ -28,39 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from datamodules.base import register_dataset
-from datamodules.io import ClipFormatError, read_float_tiff, read_json, read_rgb, require_file
+from datamodules.io import ClipFormatError, read_float_tiff, read_json, read_label_png, read_rgb
 from datamodules.sequence import Frame, SequenceDataset
 
 logger = logging.getLogger(__name__)
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # Blender/OpenGL <-> OpenCV camera axes
-
-
-def read_label_png(path: str | Path, allow_colour: bool = False) -> np.ndarray:
-    """An instance-id PNG (palette / grey / 16-bit: the stored index) -> (H, W) int64 labels.
-
-    With `allow_colour`, an RGB(A) PNG gets one label per colour (0xRRGGBB): the ids are then only
-    consistent within the file. Kubric's `write_palette_png` (also used by PointOdyssey) writes palette PNGs.
-    """
-    path = require_file(path, "label PNG")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.asarray(img)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise ClipFormatError(f"{path}: unreadable label PNG (truncated or not an image): {err}") from None
-    if array.ndim == 2 and mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
-        return array.astype(np.int64)
-    if allow_colour and array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
-        rgb = array[..., :3].astype(np.int64)
-        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    raise ClipFormatError(
-        f"{path}: expected a palette / grey label PNG holding instance ids, got mode {mode} shape {array.shape}"
-    )
 
 
 def quat_wxyz_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -186,7 +161,7 @@ class KubricDataset(SequenceDataset):
         self.motion_threshold, self.rotation_threshold = motion_threshold, rotation_threshold
         self._meta: dict[str, dict[str, Any]] = {}
         super().__init__(root, num_frames, image_size, normalize, **kwargs)
-        self.motion_window = motion_window or max(1, (self.num_frames - 1) * self.stride_range[1])
+        self.motion_window = motion_window or self.max_clip_span()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import register_dataset
-from datamodules.io import ClipFormatError, read_npz, read_png_uint16, read_rgb
-from datamodules.kubric import read_label_png
+from datamodules.io import ClipFormatError, read_label_png, read_npz, read_png_uint16, read_rgb
 from datamodules.sequence import Frame, SequenceDataset, Tracks
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ class PointOdysseyDataset(SequenceDataset):
         self.dynamic_fraction, self.cache_sequences = dynamic_fraction, cache_sequences
         self._anno: OrderedDict[str, dict[str, Any]] = OrderedDict()
         super().__init__(root, num_frames, image_size, normalize, **kwargs)
-        self.motion_window = motion_window or max(1, (self.num_frames - 1) * self.stride_range[1])
+        self.motion_window = motion_window or self.max_clip_span()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

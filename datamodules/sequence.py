@@ -181,6 +181,10 @@ class SequenceDataset(Dataset):
         `ClipBatchSampler` carry their epoch themselves (workers keep their own dataset copy)."""
         self.epoch = epoch
 
+    def max_clip_span(self) -> int:
+        """Frames between the first and last frame of the longest clip: (S - 1) * largest stride, at least 1."""
+        return max(1, (self.num_frames - 1) * self.stride_range[1])
+
     def _rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
