@@ -21,7 +21,6 @@ from datamodules.sequence import parse_clip_key
 from datamodules.synthetic_render import EPS, cast_rays, intrinsics_for, render
 from datamodules.synthetic_scene import Scene, sample_scene
 from datamodules.transforms import output_size
-from page4d_lightning.geometry import normalize_sample
 from page4d_lightning.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -50,8 +49,9 @@ def sample_tracks(
     n_dyn = min(num_tracks // 2, dyn_pixels.numel()) if static_pixels.numel() else num_tracks
     picked = torch.cat([_pick(g, dyn_pixels, n_dyn), _pick(g, static_pixels, num_tracks - n_dyn)])
     picked = picked[torch.randperm(num_tracks, generator=g)]
-    prim = rendered["prim"][0].reshape(-1)[picked]
-    hit0 = rendered["world_points"][0].reshape(-1, 3)[picked]  # (H, W, 3) -> (H*W, 3) -> (N, 3)
+    prim = rendered["prim"][0].reshape(-1)[picked].long()
+    cam0 = rendered["cam_points"][0].reshape(-1, 3)[picked]  # (H, W, 3) -> (H*W, 3) -> (N, 3)
+    hit0 = cam0 @ scene.cam_rotations[0].T + scene.cam_centers[0]  # in the scene's world frame: R_wc X + c
     local = ((hit0 - scene.centers[0, prim])[:, None, :] @ scene.rotations[0, prim])[:, 0]  # R^T (X - c)
 
     # surface points ride with their primitive: X_s = R_s local + c_s, (S, N, 3)
@@ -69,6 +69,33 @@ def sample_tracks(
     return torch.nan_to_num(uv, nan=0.0, posinf=1e6, neginf=-1e6), visible
 
 
+def first_camera_poses(scene: Scene) -> tuple[Tensor, Tensor]:
+    """The scene's camera path in camera 0's frame: world-from-camera rotations R_0^T R_s (S, 3, 3) and centres
+    R_0^T (c_s - c_0) (S, 3), exactly the identity pose for s = 0."""
+    rot0, c0 = scene.cam_rotations[0], scene.cam_centers[0]
+    rotations, centres = rot0.T @ scene.cam_rotations, (scene.cam_centers - c0) @ rot0  # rows: R_0^T (c - c_0)
+    rotations[0], centres[0] = torch.eye(3), 0.0  # exactly, not up to rounding
+    return rotations, centres
+
+
+def normalize_first_camera(sample: Sample) -> Sample:
+    """`page4d_lightning.geometry.normalize_sample` for a clip built in camera 0's frame (extrinsics[0] = [I | 0],
+    see `first_camera_poses`), in place: world and camera points, depths and translations divided by
+    s = sum(|X| over valid pixels) / (count + 1e-3) clamped to [1e-6, 1e6], `scale` = s (0-dim) added, and no
+    valid pixel at all if frame 0 has none. Skips its copies and its NaN/inf clean-up (values are finite here)."""
+    world, masks = sample["world_points"], sample["point_masks"]
+    if not bool(masks[0].any()):
+        masks = sample["point_masks"] = torch.zeros_like(masks)
+    dist = ((world * world).view(-1, 3) @ world.new_ones(3)).sqrt_()  # |X| per pixel (a matmul beats a 3-wide sum)
+    total, count = (dist.sum(), dist.numel()) if bool(masks.all()) else (dist[masks.view(-1)].sum(), masks.sum())
+    scale = (total / (count + 1e-3)).clamp(1e-6, 1e6)
+    for key in ("world_points", "cam_points", "depths"):
+        sample[key].div_(scale)
+    sample["extrinsics"][..., 3].div_(scale)
+    sample["scale"] = scale
+    return sample
+
+
 def clip_generator(seed: int, split: str, index: int) -> torch.Generator:
     """A generator seeded from (seed, split, index) by a stable hash (independent of PYTHONHASHSEED)."""
     digest = hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()
@@ -81,8 +108,8 @@ class SyntheticDynamicDataset(Dataset):
     `root` is ignored (kept for the common dataset signature). `image_size` is the width W (a multiple of
     14); H = round(W * aspect_ratio / 14) * 14, at least 14. Clip `index` is a pure function of
     (seed, split, index). Frames are `frame_interval` seconds apart (larger = more motion per clip).
-    Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
-    `page4d_lightning.geometry.normalize_sample` (which adds `scale`).
+    Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised as by
+    `page4d_lightning.geometry.normalize_sample` (which adds `scale`), built in camera 0's frame directly.
     """
 
     accepts_clip_keys: ClassVar[bool] = True  # takes (index, num_frames, aspect_ratio, epoch) keys
@@ -146,14 +173,16 @@ class SyntheticDynamicDataset(Dataset):
         S, W = num_frames or self.num_frames, self.width
         H = self.height if aspect is None else output_size((1, 1), W, aspect)[0]
         scene, g = self.build_scene(index, S, H)
+        # normalised GT lives in camera 0's frame: place the points there directly (as the real-data readers do)
+        rotations, centres = first_camera_poses(scene) if self.normalize else (scene.cam_rotations, scene.cam_centers)
         intrinsics = intrinsics_for(scene.fov_x, H, W)
-        rendered = render(scene, intrinsics, H, W)
+        rendered = render(scene, intrinsics, H, W, cameras=(rotations, centres))
         tracks, track_vis = sample_tracks(g, scene, intrinsics, rendered, self.num_tracks)
-        rot_cw = scene.cam_rotations.transpose(1, 2)  # camera-from-world rotation R_wc^T
+        rot_cw = rotations.transpose(1, 2)  # camera-from-world rotation R_wc^T
         sample = {
             "images": rendered["images"],
             "depths": rendered["depths"],
-            "extrinsics": torch.cat([rot_cw, -(rot_cw @ scene.cam_centers[..., None])], dim=-1),
+            "extrinsics": torch.cat([rot_cw, -(rot_cw @ centres[..., None])], dim=-1),
             "intrinsics": intrinsics.expand(S, 3, 3).clone(),
             "world_points": rendered["world_points"],
             "cam_points": rendered["cam_points"],
@@ -166,7 +195,7 @@ class SyntheticDynamicDataset(Dataset):
             "seq_name": f"synthetic_{self.split}_{self.seed}_{index:06d}",
             "ids": torch.arange(S),
         }
-        return normalize_sample(sample) if self.normalize else sample
+        return normalize_first_camera(sample) if self.normalize else sample
 
 
 class SyntheticDataModule(Page4DDataModule):

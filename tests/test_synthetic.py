@@ -145,7 +145,11 @@ def test_culled_render_matches_brute_force_ray_casting() -> None:
         d_cam = torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], -1)
         dirs = (d_cam @ scene.cam_rotations.transpose(1, 2)[:, None]).unbind(-1)  # (S, H, W) world planes
         t, prim = cast_rays(scene, scene.cam_centers, dirs)
-        assert torch.allclose(out["depths"], t, rtol=1e-5)
+        # float32 rounding: the renderer builds each primitive's ray directions separably, the reference by
+        # matrix products; grazing rays (sphere silhouettes) amplify that to ~2e-5 at a few pixels; a culling
+        # error (a missed primitive) would be off by > 1e-2
+        rel = (out["depths"] - t).abs() / t
+        assert rel.max() < 1e-4 and rel.median() < 1e-6, (rel.max(), rel.median())
         assert (out["prim"] == prim.long()).float().mean() > 0.999  # ties at edges may differ
 
 
@@ -231,16 +235,22 @@ def test_dynamic_content_present_but_static_dominates() -> None:
 
 
 def test_normalized_sample() -> None:
-    raw = SyntheticDynamicDataset(**SMALL)[4]
-    s = SyntheticDynamicDataset(**{**SMALL, "normalize": True})[4]
-    ref = normalize_sample(raw)
-    for key in ("extrinsics", "world_points", "cam_points", "depths", "scale"):
-        assert torch.allclose(s[key], ref[key]), key
-    assert torch.allclose(s["extrinsics"][0], torch.eye(3, 4), atol=1e-5)
-    # camera 0 is the world frame now: its camera points are its world points
-    assert torch.allclose(s["world_points"][0], s["cam_points"][0], atol=1e-4)
-    assert torch.allclose(s["depths"], s["cam_points"][..., 2])
-    assert torch.equal(s["tracks"], raw["tracks"]) and raw["depths"].mean() > s["depths"].mean() * 1.5
+    """normalize=True places the points in camera 0's frame directly; it matches the generic path (world frame,
+    then `normalize_sample`) up to float32 rounding of the two computation orders (lengths ~1 after scaling)."""
+    for index in (4, 5):
+        raw = SyntheticDynamicDataset(**SMALL)[index]
+        s = SyntheticDynamicDataset(**{**SMALL, "normalize": True})[index]
+        ref = normalize_sample(raw)
+        for key in ("extrinsics", "world_points", "cam_points", "depths", "scale"):
+            assert torch.allclose(s[key], ref[key], rtol=1e-5, atol=1e-5), key
+        assert torch.equal(s["extrinsics"][0], torch.eye(3, 4))  # exactly
+        # camera 0 is the world frame now: its camera points are its world points
+        assert torch.allclose(s["world_points"][0], s["cam_points"][0], atol=1e-6)
+        assert torch.allclose(s["depths"], s["cam_points"][..., 2])
+        for key in ("images", "tracks", "track_vis_mask", "dynamic_masks"):  # the same rendering
+            assert torch.equal(s[key], raw[key]), key
+        assert torch.allclose(s["depths"] * s["scale"], raw["depths"])
+        assert raw["depths"].mean() > s["depths"].mean() * 1.5
 
 
 def test_datamodule_batches() -> None:
