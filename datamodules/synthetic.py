@@ -21,6 +21,7 @@ from datamodules.sequence import parse_clip_key
 from datamodules.synthetic_render import EPS, cast_rays, intrinsics_for, render
 from datamodules.synthetic_scene import Scene, sample_scene
 from datamodules.transforms import output_size
+from page4d_lightning.geometry import normalize_sample
 from page4d_lightning.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -78,24 +79,6 @@ def first_camera_poses(scene: Scene) -> tuple[Tensor, Tensor]:
     return rotations, centres
 
 
-def normalize_first_camera(sample: Sample) -> Sample:
-    """`page4d_lightning.geometry.normalize_sample` for a clip built in camera 0's frame (extrinsics[0] = [I | 0],
-    see `first_camera_poses`), in place: world and camera points, depths and translations divided by
-    s = sum(|X| over valid pixels) / (count + 1e-3) clamped to [1e-6, 1e6], `scale` = s (0-dim) added, and no
-    valid pixel at all if frame 0 has none. Skips its copies and its NaN/inf clean-up (values are finite here)."""
-    world, masks = sample["world_points"], sample["point_masks"]
-    if not bool(masks[0].any()):
-        masks = sample["point_masks"] = torch.zeros_like(masks)
-    dist = ((world * world).view(-1, 3) @ world.new_ones(3)).sqrt_()  # |X| per pixel (a matmul beats a 3-wide sum)
-    total, count = (dist.sum(), dist.numel()) if bool(masks.all()) else (dist[masks.view(-1)].sum(), masks.sum())
-    scale = (total / (count + 1e-3)).clamp(1e-6, 1e6)
-    for key in ("world_points", "cam_points", "depths"):
-        sample[key].div_(scale)
-    sample["extrinsics"][..., 3].div_(scale)
-    sample["scale"] = scale
-    return sample
-
-
 def clip_generator(seed: int, split: str, index: int) -> torch.Generator:
     """A generator seeded from (seed, split, index) by a stable hash (independent of PYTHONHASHSEED)."""
     digest = hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()
@@ -108,7 +91,7 @@ class SyntheticDynamicDataset(Dataset):
     `root` is ignored (kept for the common dataset signature). `image_size` is the width W (a multiple of
     14); H = round(W * aspect_ratio / 14) * 14, at least 14. Clip `index` is a pure function of
     (seed, split, index). Frames are `frame_interval` seconds apart (larger = more motion per clip).
-    Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised as by
+    Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
     `page4d_lightning.geometry.normalize_sample` (which adds `scale`), built in camera 0's frame directly.
     """
 
@@ -195,7 +178,7 @@ class SyntheticDynamicDataset(Dataset):
             "seq_name": f"synthetic_{self.split}_{self.seed}_{index:06d}",
             "ids": torch.arange(S),
         }
-        return normalize_first_camera(sample) if self.normalize else sample
+        return normalize_sample(sample) if self.normalize else sample  # frame 0 is [I|0]: no transform
 
 
 class SyntheticDataModule(Page4DDataModule):
