@@ -51,6 +51,19 @@ SPLIT_FOLDERS = {"train": "train", "val": "valid", "valid": "valid", "test": "te
 CAMERAS = ("left", "right")
 
 
+def _unsafe_globals(path: Path, err: Exception) -> str:
+    """Names the classes / functions that made `torch.load(weights_only=True)` refuse `path`."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if finder is not None:
+        try:
+            names = finder(path)
+        except Exception:  # only for the message: fall back to torch's own text
+            names = []
+        if names:
+            return f"Offending globals: {', '.join(names)}"
+    return next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+
+
 def load_trajectory(path: Path) -> dict[str, np.ndarray]:
     """One Dynamic Replica `trajectories/*.pth` -> {"traj_2d" (N, 3), "verts_inds_vis" (N,)} as numpy.
 
@@ -59,10 +72,9 @@ def load_trajectory(path: Path) -> dict[str, np.ndarray]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
         raise ClipFormatError(
             f"{path}: refused to unpickle (torch.load weights_only=True): the file holds objects other than "
-            f"tensors, while Dynamic Replica trajectories are dicts of tensors. {detail}"
+            f"tensors, while Dynamic Replica trajectories are dicts of tensors. {_unsafe_globals(path, err)}"
         ) from None
     except Exception as err:  # torch raises RuntimeError / KeyError / EOFError ... on truncated or foreign data
         raise ClipFormatError(f"{path}: unreadable trajectory file (truncated or corrupt): {err!r}"[:500]) from None

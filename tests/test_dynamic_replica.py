@@ -215,7 +215,7 @@ def _truncated_tracks(root: Path) -> str:
 
 def _pickled_object(root: Path) -> str:
     torch.save({"traj_2d": argparse.Namespace(x=1)}, _frame_file(root, SEQS[0], "trajectories", "000001.pth"))
-    return "000001.pth: refused to unpickle .*weights_only=True.*argparse.Namespace"
+    return r"000001\.pth: refused to unpickle .*weights_only=True.*argparse\.Namespace"
 
 
 FRAME_CORRUPTIONS = [_missing_image, _truncated_depth, _depth_size, _nan_pose]

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -73,13 +74,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     module = Page4DModule(preset="tiny", finetune=_policy())
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     requires_grad = {n: p.requires_grad for n, p in module.model.named_parameters()}
-    clipped: list[set[int]] = []
-    real_clip = torch.nn.utils.clip_grad_norm_
+    clipped: list[dict] = []
+    real_clip = module.clip_gradients  # LightningModule's public clipping API, called on every step
 
-    def spy(parameters, *args, **kwargs):
-        parameters = list(parameters)
-        clipped.append({id(p) for p in parameters})
-        return real_clip(parameters, *args, **kwargs)
+    def grad_norm(params: list[torch.Tensor]) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+
+    def spy(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        before = grad_norm(params)
+        real_clip(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        clipped.append({"params": {id(p) for p in params}, "val": gradient_clip_val, "norm_before": before,
+                        "norm_after": grad_norm(params)})
 
     recorder = _Recorder()
     data = Page4DDataModule("synthetic", num_frames=2, image_size=56, batch_size=1, train={"num_clips": STEPS})
@@ -89,7 +95,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         gradient_clip_val=1.0, callbacks=[MaskStrengthSchedule(hold=HOLD, end=END), recorder],
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+        mp.setattr(module, "clip_gradients", spy)
         trainer.fit(module, datamodule=data)
     return {"module": module, "trainer": trainer, "before": before, "requires_grad": requires_grad,
             "clipped": clipped, "recorder": recorder}
@@ -119,7 +125,15 @@ def test_one_optimizer_step_per_iteration_clipping_only_trainable(run: dict) -> 
     trainable = {id(p) for p in run["module"].model.parameters() if p.requires_grad}
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == trainable
-    assert len(run["clipped"]) == STEPS and all(c == trainable for c in run["clipped"])
+    clipped = run["clipped"]
+    assert len(clipped) == STEPS and all(c["params"] == trainable for c in clipped)
+    assert all(c["val"] == 1.0 for c in clipped), clipped
+    # the effect on the values (norm clipping): the total gradient norm ends at most 1.0, scaled to 1.0 where above
+    assert all(c["norm_after"] <= 1.0 + 1e-5 for c in clipped), clipped
+    assert any(c["norm_before"] > 1.0 for c in clipped), "no step needed clipping: the check would be vacuous"
+    for c in clipped:
+        expected = min(c["norm_before"], 1.0)
+        assert c["norm_after"] == pytest.approx(expected, rel=1e-4), c
     assert {float(s["step"]) for s in optimizer.state.values()} == {float(STEPS)}
     assert run["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == STEPS
 
@@ -181,7 +195,12 @@ def test_fit_start_logs_the_group_table(tmp_path: Path, caplog: pytest.LogCaptur
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(Path(tb.log_dir)), size_guidance={"tensors": 0}).Reload()
-    assert "finetune/parameter_groups/text_summary" in events.Tags()["tensors"]
+    # the writer may suffix the tag (torch's writes "<tag>/text_summary"); the table it holds is the logged one
+    (tag,) = [t for t in events.Tags()["tensors"] if t.startswith("finetune/parameter_groups")]
+    (logged,) = events.Tensors(tag)
+    table = logged.tensor_proto.string_val[0].decode()
+    for group, count in counts.items():
+        assert re.search(rf"\| {group} \| \d+ \| {count:,} \|", table), (group, count, table)
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +271,9 @@ def test_finetune_experiment_prints_its_config(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(ROOT / "experiments" / "finetune_vggt.yaml"), "--print_config"])
     assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "finetune: page4d" in out and "preset: vggt_1b" in out and "weights: checkpoints/model.pt" in out
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["finetune"] == "page4d" and model["preset"] == "vggt_1b"
+    assert model["weights"] == "checkpoints/model.pt"
 
 
 def test_analyze_layers_ranks_every_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

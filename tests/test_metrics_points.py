@@ -146,7 +146,7 @@ def test_too_few_points_nan_and_point_metrics_skip():
         out = point_errors(pred, gt, empty)
     assert all(math.isnan(out[k].item()) for k in POINT_KEYS)
     metric = PointMetrics()
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning, match="point_errors: 2 valid point"):
         metric.update(torch.stack([pred, pred]), torch.stack([gt, gt]), torch.stack([mask, empty]))
     assert metric.count.item() == 1 and metric.skipped.item() == 1
     single = point_errors(pred, gt, mask)

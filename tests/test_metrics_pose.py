@@ -9,7 +9,6 @@ import pytest
 import torch
 from evo.core import metrics as evo_metrics
 from evo.core import trajectory
-from evo.core.geometry import GeometryException
 from scipy.spatial.transform import Rotation
 
 from page4d_lightning.geometry import quat_to_rotmat, se3_inverse, to_homogeneous
@@ -61,10 +60,11 @@ def test_three_frames_match_evo():
         assert ours[key].item() == pytest.approx(expected[key], rel=1e-6), key
 
 
-def test_two_frames_defined_where_evo_refuses():
+def test_two_frames_are_defined():
+    """Two centres always align exactly under Sim(3) (ATE 0); the RPE then depends on the scale alone, which the
+    two centres fix. The reference is evo's RPE on the path scaled by hand, not evo's alignment: whether evo
+    aligns two poses at all changed between its releases (1.38 does, earlier ones raised)."""
     gt, pred = _extrinsics(2, 2), _extrinsics(2, 3)
-    with pytest.raises(GeometryException, match="Degenerate covariance rank"):
-        _path(pred).align(_path(gt), correct_scale=True)  # two centres: rank-1 cross-covariance
     ours = pose_errors(pred, gt)
     assert ours["ate"].item() == pytest.approx(0.0, abs=1e-9)  # two points always align exactly
     # RPE sees only the Sim(3) scale, which two points fix: |c1 - c0| ratio; evo on the scaled path, no align
@@ -96,9 +96,6 @@ def test_static_centres_are_nan_with_warning(case):
     moving, still = _extrinsics(5, 5), _extrinsics(5, 6, move=False)
     pred, gt = {"static_pred": (still, moving), "static_gt": (moving, still),
                 "pure_rotation_float32": (still.float(), still.float())}[case]
-    if pred.dtype == F64:  # evo defines no value here either (in float32 the round-off noise fools it)
-        with pytest.raises(GeometryException):
-            _path(pred).align(_path(gt), correct_scale=True)
     with pytest.warns(RuntimeWarning, match="static camera centres"):
         errors = pose_errors(pred, gt)
     assert all(math.isnan(errors[k].item()) for k in POSE_KEYS)

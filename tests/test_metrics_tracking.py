@@ -108,7 +108,7 @@ def test_no_visible_point_is_nan_and_metric_skips():
     assert all(math.isnan(out[k][1].item()) for k in TRACKING_KEYS) and not math.isnan(out["delta_avg"][0].item())
     metric = TrackingMetrics()
     more = _random_clips(1, 4, 5, seed=5)
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning, match="1 clip\\(s\\) without a GT-visible evaluation point"):
         metric.update(pred, pred_vis, gt, gt_vis, (96, 320))
     metric.update(*more, (96, 320))
     assert metric.count.item() == 2 and metric.skipped.item() == 1

@@ -97,9 +97,18 @@ def cv2_float_resize(geometry: ResizeCrop, image: np.ndarray) -> np.ndarray:
 
 
 def test_nearest_and_sparse_depth() -> None:
+    # a 1/3 resize: output pixel j samples the source pixel whose centre is at (j + 0.5) * 3 - 0.5 = 3 j + 1,
+    # with no tie between two source pixels (a 1/2 resize would land halfway between two of them)
+    thirds = ResizeCrop.plan((6, 9), (2, 3))
+    assert thirds.resized_hw == (2, 3) and thirds.offset_xy == (0, 0)
+    depth = np.arange(54, dtype=np.float32).reshape(6, 9)
+    assert np.array_equal(thirds.nearest(depth), depth[1::3, 1::3])  # exact nearest: source pixel centres
+    mask = np.zeros((6, 9), bool)
+    mask[1::3, 1::3] = True
+    nearest_mask = thirds.nearest(mask)
+    assert nearest_mask.dtype == bool and nearest_mask.all()  # bool kept bool
+    assert not thirds.nearest(~mask).any()
     geometry = ResizeCrop.plan((4, 4), (2, 2))
-    depth = np.arange(16, dtype=np.float32).reshape(4, 4)
-    assert np.array_equal(geometry.nearest(depth), depth[1::2, 1::2])  # exact nearest: source pixel centres
     sparse = np.zeros((4, 4), np.float32)
     sparse[0, 0], sparse[1, 1], sparse[3, 3] = 5.0, 2.0, 7.0  # (0,0) and (1,1) land on output (0,0)
     out = geometry.sparse_depth(sparse)
