@@ -4,11 +4,14 @@
 `image_size` and `normalize` and returns the sample dict of `page4d_lightning.types.Sample`.
 """
 
-# Importing a reader module registers its dataset class in DATASETS.
+# Importing a reader module registers its dataset class in DATASETS: every name is registered here, so that
+# `import datamodules` (as `page4d fit` does) knows each one, the mixture and the packed shards included.
 import datamodules.co3d
 import datamodules.custom
 import datamodules.dynamic_replica
 import datamodules.kubric
+import datamodules.mixture
+import datamodules.packed
 import datamodules.pointodyssey
 import datamodules.spring
 import datamodules.waymo  # noqa: F401

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CONVENTIONS = ("opencv", "opengl")
 EXTRINSICS_TYPES = ("w2c", "c2w")
+TOP_LEVEL_KEYS = ("convention", "extrinsics_type", "depth_scale", "intrinsics", "frames")
+FRAME_KEYS = ("file", "extrinsics", "intrinsics")
+INTRINSICS_KEYS = ("fx", "fy", "cx", "cy")
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # OpenGL camera axes <-> OpenCV camera axes (its own inverse)
 _ORTHO_TOL = 1e-2  # largest |R R^T - I| entry re-orthonormalised silently (float32 / rounded JSON)
 
@@ -92,9 +95,17 @@ def parse_extrinsics(value: Any, convention: str, extrinsics_type: str, where: s
     return np.concatenate([R, t[:, None]], axis=1)
 
 
+def reject_unknown_keys(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Raise `ClipFormatError` naming the keys of `mapping` outside `known` (a typo must not be ignored)."""
+    unknown = sorted(set(mapping) - set(known))
+    if unknown:
+        raise ClipFormatError(f"{where}: unknown key(s) {unknown}; expected only {list(known)}")
+
+
 def parse_intrinsics(value: Any, where: str) -> np.ndarray:
     """A 3x3 matrix or {fx, fy, cx, cy} -> (3, 3) float64 pixel K."""
     if isinstance(value, dict):
+        reject_unknown_keys(value, INTRINSICS_KEYS, f"{where}: intrinsics")
         missing = [k for k in ("fx", "fy", "cx", "cy") if k not in value]
         if missing:
             raise ClipFormatError(f"{where}: intrinsics dict lacks {missing}; expected fx, fy, cx, cy in pixels")
@@ -112,6 +123,7 @@ def load_cameras(path: Path) -> dict[str, Any]:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
         raise ClipFormatError(f"{path}: expected an object with a 'frames' list (see datamodules/custom.py)")
+    reject_unknown_keys(data, TOP_LEVEL_KEYS, str(path))
     options = {"convention": CONVENTIONS, "extrinsics_type": EXTRINSICS_TYPES}
     for key, allowed in options.items():
         if data.get(key) not in allowed:
@@ -128,6 +140,7 @@ def load_cameras(path: Path) -> dict[str, Any]:
         try:
             if not isinstance(frame, dict) or "extrinsics" not in frame:
                 raise ClipFormatError(f"{where}: expected an object with 'extrinsics'")
+            reject_unknown_keys(frame, FRAME_KEYS, where)
             if "intrinsics" not in frame and "intrinsics" not in data:
                 raise ClipFormatError(f"{where}: no 'intrinsics' (per frame or at the top level)")
             K = parse_intrinsics(frame.get("intrinsics", data.get("intrinsics")), where)

@@ -219,13 +219,14 @@ def test_export_weights_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export-weights", "--help"])
     assert exc.value.code == 0 and "export-weights" in capsys.readouterr().out
-    cases = {"missing": (tmp_path / "nope.ckpt", tmp_path / "w.safetensors", "no such checkpoint file")}
+    missing = "nope.ckpt: no such file; expected a Lightning checkpoint"
+    cases = {"missing": (tmp_path / "nope.ckpt", tmp_path / "w.safetensors", missing)}
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"layer.weight": torch.ones(2)}, "global_step": 0}, foreign)
     cases["foreign"] = (foreign, tmp_path / "w.safetensors", "not a Page4DModule checkpoint")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    cases["garbage"] = (garbage, tmp_path / "w.safetensors", "not a loadable Lightning checkpoint")
+    cases["garbage"] = (garbage, tmp_path / "w.safetensors", "garbage.ckpt: truncated or not a torch.save file")
     cases["suffix"] = (foreign, tmp_path / "w.bin", "expected a file name ending in .safetensors or .pt")
     for name, (ckpt, out, message) in cases.items():
         with pytest.raises(SystemExit) as exc:

@@ -159,6 +159,16 @@ BREAKERS = {
                      "orbit/cameras.json: 6 frames for 7 images"),
     "bad convention": ("orbit", lambda r: _edit_cameras(r / "orbit/cameras.json", lambda d: d.update(convention="gl")),
                        "orbit/cameras.json: 'convention' must be one of"),
+    # a typo must not silently change the data: depth_scle: 5000 would give depths 5x wrong
+    "top-level key typo": ("walk", lambda r: _edit_cameras(r / "walk/cameras.json",
+                                                           lambda d: d.update(depth_scle=5000)),
+                           "walk/cameras.json: unknown key(s) ['depth_scle']; expected only"),
+    "frame key typo": ("walk", lambda r: _edit_cameras(r / "walk/cameras.json",
+                                                       lambda d: d["frames"][0].update(intrinsic=[[1.0]])),
+                       "walk/cameras.json: frame '000000.png': unknown key(s) ['intrinsic']"),
+    "intrinsics key typo": ("walk", lambda r: _edit_cameras(r / "walk/cameras.json", lambda d: d["frames"][0].update(
+                            intrinsics={"fx": 90.0, "fy": 90.0, "cx": 48.5, "cy": 34.5, "skew": 0.0})),
+                            "walk/cameras.json: frame '000000.png': intrinsics: unknown key(s) ['skew']"),
 }
 
 

@@ -56,6 +56,17 @@ def test_validate_file_level_problem_is_reported_once(tmp_path: Path, capsys: py
     assert len(lines) == 1 and "walk/cameras.json: unreadable JSON" in lines[0] and "(x6 frames)" in lines[0]
 
 
+def test_validate_reports_a_misspelled_camera_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`depth_scle: 5000` would give depths 5x wrong if ignored: validate names the key and the file."""
+    write_fixture(tmp_path)
+    cameras = json.loads((tmp_path / "walk/cameras.json").read_text())
+    cameras["depth_scle"] = 5000
+    (tmp_path / "walk/cameras.json").write_text(json.dumps(cameras))
+    assert _validate(tmp_path) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PROBLEM")]
+    assert len(lines) == 1 and "walk/cameras.json: unknown key(s) ['depth_scle']" in lines[0]
+
+
 def test_validate_layout_failure_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_fixture(tmp_path)
     (tmp_path / "orbit/cameras.json").unlink()

@@ -1,15 +1,20 @@
-"""Cross-cutting training behaviour: the mask-strength schedule and the prediction writer."""
+"""Cross-cutting training behaviour: the mask-strength schedule, `last.ckpt` on every exit, the prediction writer."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from page4d_lightning.checkpointing import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,48 @@ class MaskStrengthSchedule(Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start(pl_module)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`<dirpath>/last.ckpt`: the latest training state, whenever and however a fit ends.
+
+    It is rewritten at every validation (or every `every_n_train_steps`), like a `ModelCheckpoint` without a
+    monitor, and also:
+    - when training ends: at `max_steps` / `max_epochs`, on an early stop, and with validation disabled;
+    - when the run is stopped: Ctrl-C (KeyboardInterrupt), SIGTERM from a cluster (Lightning stops at the end
+      of the batch), or an error raised during training.
+    Nothing is written for a run that has not taken a step since the last save. Under DDP an error raised on
+    one rank alone is not saved (the other ranks would wait for it forever); signals reach every rank and are.
+    Checkpoints go through the trainer's `CheckpointIO`, atomic with the `page4d` CLI.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last", every_n_train_steps: int | None = None,
+                 every_n_epochs: int | None = None) -> None:
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1,
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+                         enable_version_counter=False)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath is not None and os.path.isdir(self.dirpath):
+            remove_stale_temporaries(self.dirpath, f"*{self.FILE_EXTENSION}")  # left by a run killed while saving
+
+    def _save_last_state(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._last_global_step_saved or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        rank_zero_info(f"saved {self.best_model_path} at step {trainer.global_step}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_state(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        every_rank = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if trainer.state.fn != "fit" or (trainer.world_size > 1 and not every_rank):
+            return
+        logger.warning("%s during training: saving the state of step %d", type(exception).__name__,
+                       trainer.global_step)
+        self._save_last_state(trainer)
 
 
 class NpzPredictionWriter(BasePredictionWriter):

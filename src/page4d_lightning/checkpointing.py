@@ -2,7 +2,8 @@
 
 - `AtomicCheckpointIO`: Lightning `CheckpointIO` that writes each checkpoint to a temporary file in the
   target's folder, fsyncs it and renames it over the target (`os.replace`, atomic on POSIX): a kill or a
-  full disk leaves the previous `last.ckpt` intact. The `page4d` CLI uses it by default.
+  full disk leaves the previous `last.ckpt` intact, and the next save removes the temporary file such a kill
+  left behind. Loading names the file when it is truncated or unreadable. The `page4d` CLI uses it by default.
 - `export_weights`: a `Page4DModule` Lightning checkpoint -> the PAGE4D state dict with the official key
   names, as `.safetensors` (or `.pt`); `page4d export-weights CKPT OUT` is its command line.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import pickle
@@ -25,6 +27,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
+
+from page4d_lightning.models.weights import load_torch_file, torch_file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +52,37 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, names: str = "*") -> list[str]:
+    """Delete the temporary files `atomic_path` left in `folder` for targets matching the glob `names`.
+
+    Such files (`.<name>.<random>.tmp`) remain only when a writer was killed (SIGKILL) while saving; only the
+    one writer of those targets calls this (rank zero for checkpoints), so no live temporary is removed.
+    Returns the removed paths.
+    """
+    removed = []
+    for stale in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".{names}.*.tmp")):
+        try:
+            os.remove(stale)
+        except FileNotFoundError:
+            continue
+        removed.append(stale)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted save: %s", len(removed), ", ".join(removed))
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and `path` is untouched.
     The temporary name (`.<name>.<random>.tmp`) never matches `*.ckpt`, so Lightning's `last*.ckpt`
-    search ignores a leftover from a SIGKILL.
+    search ignores a leftover from a SIGKILL; the next save of `path` deletes such leftovers.
     """
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder, glob.escape(os.path.basename(target)))
     tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex[:12]}.tmp")
     # created like a plain open() (mode 0o666 minus the umask), unlike mkstemp's owner-only 0o600
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -100,6 +124,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         logger.debug("saving checkpoint %s", local_path)
         atomic_torch_save(checkpoint, local_path)
 
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        """Lightning's load, but a missing, truncated or unreadable local file raises an error that names it."""
+        fs, local_path = url_to_fs(str(path))
+        if not isinstance(fs, LocalFileSystem):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        problem = torch_file_problem(local_path)
+        if problem is not None:
+            error = FileNotFoundError if problem == "no such file" else ValueError
+            raise error(f"{local_path}: {problem}; expected a Lightning checkpoint (--ckpt_path)")
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{local_path}: unreadable Lightning checkpoint (torch.load failed: {first})") from err
+
 
 # ------------------------------------------------------------------------------------- weights export
 def model_state_dict(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
@@ -135,15 +174,7 @@ def export_weights(checkpoint_path: str | os.PathLike, output_path: str | os.Pat
     suffix = Path(output_path).suffix
     if suffix not in EXPORT_SUFFIXES:
         raise ValueError(f"output: expected a file name ending in {' or '.join(EXPORT_SUFFIXES)}, got {output_path!r}")
-    if not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(
-            f"{checkpoint_path}: not a loadable Lightning checkpoint (torch.load with weights_only=True failed: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from err
+    checkpoint = load_torch_file(checkpoint_path, "Lightning checkpoint")
     state = {k: v.contiguous() for k, v in model_state_dict(checkpoint, checkpoint_path).items()}
     with atomic_path(output_path) as tmp:
         _writer(suffix)(state, tmp)

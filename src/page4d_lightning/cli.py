@@ -6,32 +6,113 @@
     page4d export-weights CKPT OUT.safetensors | page4d analyze-layers ... | page4d data validate|inspect ...
     page4d pack --dataset NAME --root R --out DIR
 
-`main(args)` is callable from Python (tests call `main(["fit", ...])`).
+`main(args)` is callable from Python; it returns the exit code.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import signal
 import sys
+from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from page4d_lightning.callbacks import LastCheckpoint
+from page4d_lightning.models.weights import torch_file_problem
 from page4d_lightning.module import Page4DModule
+from page4d_lightning.precision import TRUE_HALF, InputHalfPrecision
 
-TOOLS: dict[str, str] = {
-    "export-weights": "page4d_lightning.checkpointing:export_weights_main",
-    "analyze-layers": "page4d_lightning.finetune:analyze_layers_main",
-    "data": "datamodules.tools:data_main",
-    "pack": "datamodules.packed:pack_main",
+logger = logging.getLogger(__name__)
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train or fine-tune (writes last.ckpt whenever the run ends, Ctrl-C and SIGTERM included)",
+    "validate": "validation metrics of a checkpoint (--ckpt_path) on the val split",
+    "test": "test metrics of a checkpoint (--ckpt_path) on the test split",
+    "predict": "run a checkpoint on the predict split",
 }
-"""Tool subcommands: name -> "module:function"; the function takes the remaining arguments and returns
-an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
+TOOLS: dict[str, tuple[str, str]] = {
+    "data": ("datamodules.tools:data_main", "validate a dataset root file by file, or inspect the clips"),
+    "pack": ("datamodules.packed:pack_main", "pack a dataset into HDF5 shards (dataset 'packed')"),
+    "export-weights": ("page4d_lightning.checkpointing:export_weights_main",
+                       "a run's checkpoint -> the model's weights with the official key names"),
+    "analyze-layers": ("page4d_lightning.finetune:analyze_layers_main",
+                       "which blocks react to dynamic content (sensitivity analysis)"),
+}
+"""Tool subcommands: name -> ("module:function", one-line help); the function takes the remaining arguments and
+returns an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
+
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+"""`--ckpt_path` values that Lightning resolves itself (no file name)."""
+
+DEFAULT_ROOT_DIR = os.path.join("checkpoints", "default")
+"""Where a run without `--config` (or without `trainer.default_root_dir`) writes, instead of the current folder."""
+
+
+def usage() -> str:
+    """The top-level help: every command, the tools included."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *TOOLS])) + 2
+    lines = ["usage: page4d <command> [options]     page4d <command> --help: the options of one command", "",
+             "Train, evaluate and run PAGE-4D.", "", "training and evaluation (LightningCLI: --config YAML, "
+             "then --section.key value overrides):"]
+    lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<{width}}{text}" for name, (_, text) in TOOLS.items()]
+    lines += ["", "example: page4d fit --config experiments/synthetic.yaml --trainer.max_steps 100"]
+    return "\n".join(lines) + "\n"
 
 
 def run_tool(name: str, args: list[str]) -> int:
     """Import and call the tool subcommand `name` with `args`."""
-    module_name, func_name = TOOLS[name].split(":")
+    module_name, func_name = TOOLS[name][0].split(":")
     return int(getattr(importlib.import_module(module_name), func_name)(args))
+
+
+class Page4DCLI(LightningCLI):
+    """LightningCLI with the project's defaults:
+
+    - `--ckpt_path FILE` is checked before anything loads it (a truncated file is named);
+    - with `--ckpt_path FILE` the model's initial `weights` are not loaded: the checkpoint restores the whole
+      model, so evaluating or resuming a run does not need the file it was initialised from;
+    - `fit` always has a `LastCheckpoint` (one is added in `trainer.default_root_dir` when the config has none);
+    - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32.
+    """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
+            problem = torch_file_problem(ckpt_path)
+            if problem is not None:
+                parser.error(f"--ckpt_path {ckpt_path}: {problem}; expected a Lightning checkpoint of `page4d fit`")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and os.path.isfile(ckpt_path) and config.model.get("weights"):
+            logger.info("--ckpt_path %s restores the whole model: the initial weights %s are not loaded",
+                        ckpt_path, config.model.weights)
+            config.model.weights = None
+            config.model.track_head_weights = None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("precision") in TRUE_HALF and "precision" not in kwargs:
+            plugins = list(trainer_config.get("plugins") or [])
+            kwargs["plugins"] = [*plugins, InputHalfPrecision(trainer_config["precision"])]
+            kwargs["precision"] = None
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        wants_last = self.subcommand == "fit" and trainer_config.get("enable_checkpointing") is not False
+        if wants_last and not any(isinstance(cb, LastCheckpoint) for cb in callbacks):
+            root = trainer_config.get("default_root_dir") or DEFAULT_ROOT_DIR
+            kwargs["callbacks"] = [*callbacks, LastCheckpoint(dirpath=os.fspath(root))]
+        return super().instantiate_trainer(**kwargs)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -42,23 +123,30 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     # atomic checkpoint saves by default (shown by --print_config); a YAML that sets `trainer.plugins` replaces
     # this list, so it keeps AtomicCheckpointIO in it, or plugins are added with `--trainer.plugins+=CLASS`
     atomic_io = {"class_path": "page4d_lightning.checkpointing.AtomicCheckpointIO"}
-    return LightningCLI(
+    return Page4DCLI(
         Page4DModule,
         Page4DDataModule,
         subclass_mode_data=True,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"plugins": [atomic_io]},
+        trainer_defaults={"plugins": [atomic_io], "default_root_dir": DEFAULT_ROOT_DIR},
     )
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the `page4d` console script."""
+    """Entry point of the `page4d` console script; returns the exit code."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOLS:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if argv else 2
+    if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
-    build_cli(args)  # None: LightningCLI reads sys.argv itself
+    try:
+        build_cli(args)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException:  # the run stopped at the end of a batch and saved last.ckpt (LastCheckpoint)
+        logger.warning("stopped by SIGTERM")
+        return 128 + signal.SIGTERM
     return 0
 
 

@@ -131,9 +131,10 @@ class Page4DModule(L.LightningModule):
         self.loss = MultitaskLoss(**(self.hparams.loss if self.hparams.loss is not None else DEFAULT_LOSS))
 
     def configure_metrics(self) -> None:
-        # "<stage>" holds the figures over all clips, "<stage>/<dataset>" those of one dataset; the
-        # per-dataset entries are created as datasets appear (and on every rank before syncing)
-        self.eval_metrics = torch.nn.ModuleDict({s: self._new_metrics() for s in ("val", "test")})
+        # "<stage>" holds the figures over all clips, "<stage>/<dataset>" those of one dataset; every entry is
+        # created at its first update (and on every rank before syncing), after the precision plugin has cast the
+        # module: `module.to(bfloat16)` would also cast the float64 metric states of existing entries
+        self.eval_metrics = torch.nn.ModuleDict()
 
     def _new_metrics(self) -> torch.nn.ModuleDict:
         metrics = {"pose": PoseMetrics(), "depth": DepthMetrics(align="median", per="frame")}
@@ -158,7 +159,8 @@ class Page4DModule(L.LightningModule):
         if bad:
             reason = f"batch has NaN/inf in {bad} (clips: {_clip_names(batch)})"
         else:
-            query = batch["tracks"][:, 0] if self.model.config.enable_track and "tracks" in batch else None
+            tracked = self.model.config.enable_track and "tracks" in batch
+            query = batch["tracks"][:, 0].to(batch["images"].dtype) if tracked else None
             predictions = self.model(batch["images"], query_points=query)
             terms = self.loss(predictions, batch)
             objective = terms["objective"]

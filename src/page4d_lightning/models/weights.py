@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,22 +36,61 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)  # file keys without a place in this model
 
 
+def torch_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be a `torch.save` file (missing, a folder, empty, truncated), or None.
+
+    Cheap: reads only the end of the file. `torch.save` writes a zip archive whose central directory comes
+    last, so a file cut short by a kill or a full disk has none. Legacy (pre-1.6, non-zip) files pass.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return "no such file"
+    if not os.path.isfile(path):
+        return "not a file"
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as f:
+        legacy = f.read(2) == b"\x80\x02"  # a pickle protocol-2 header: the pre-zip torch.save format
+    if not legacy and not zipfile.is_zipfile(path):
+        return (f"truncated or not a torch.save file ({size} bytes, no zip central directory at its end; "
+                "a run killed while writing it, or a partial copy?)")
+    return None
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """`torch.load(path, weights_only=True)` on the CPU, with errors that name the file and what is wrong."""
+    path = os.fspath(path)
+    problem = torch_file_problem(path)
+    if problem is not None:
+        error = FileNotFoundError if problem == "no such file" else ValueError
+        raise error(f"{path}: {problem}; expected a {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused to load, the file pickles objects other than tensors and plain containers "
+            f"(only weights_only=True loading is allowed): {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: unreadable {what} (torch.load failed: {first})") from err
+
+
 def _read_file(path: str | os.PathLike) -> tuple[object, bool]:
     """(content of `path`, is safetensors): safetensors, or torch.load(weights_only=True) on CPU."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu"), True
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True), False
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: refused to load, the file pickles objects other than tensors and plain containers "
-            f"(only weights_only=True loading is allowed): {str(err).splitlines()[0]}"
-        ) from err
+        try:
+            return load_file(path, device="cpu"), True
+        except SafetensorError as err:
+            raise ValueError(f"{path}: unreadable safetensors file, truncated or corrupt ({err})") from err
+    return load_torch_file(path, "weights file"), False
 
 
 def _is_tensor_dict(obj) -> bool:

@@ -1,0 +1,85 @@
+"""Every `page4d fit` ends with a loadable `last.ckpt`: at max_steps before the first validation, with validation
+disabled, at the end of an epoch, on Ctrl-C (SIGINT) and on SIGTERM from a cluster; a temporary file left by a
+run killed while saving is removed. Each run is a `page4d` process started as a user starts it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
+from tests.page4d_process import ROOT, explain, run_page4d, start_page4d
+
+SMALL = ["--config", str(ROOT / "experiments" / "synthetic.yaml"), "--data.init_args.image_size", "28",
+         "--data.init_args.num_frames", "2", "--data.init_args.num_workers", "0", "--data.init_args.val.num_clips", "2",
+         "--trainer.enable_progress_bar", "false"]
+OUT = Path("checkpoints") / "synthetic"  # the experiment's folder, relative to the run's working folder
+
+
+def _assert_loadable_last(folder: Path, step: int | None = None) -> int:
+    """`last.ckpt` in `folder` loads (weights_only) with the model weights; returns its global step."""
+    path = folder / OUT / "last.ckpt"
+    assert path.is_file(), sorted(p.name for p in (folder / OUT).iterdir()) if (folder / OUT).is_dir() else folder
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    load_weights(PAGE4D(PAGE4DConfig.tiny()), path)  # strict: every weight is there
+    if step is not None:
+        assert checkpoint["global_step"] == step
+    assert not list((folder / OUT).glob(".*.tmp"))
+    return int(checkpoint["global_step"])
+
+
+def test_max_steps_before_the_first_validation(tmp_path: Path) -> None:
+    """3 steps with validation every 40: the run used to end without any checkpoint."""
+    run = run_page4d("fit", *SMALL, "--trainer.max_steps=3", cwd=tmp_path)
+    assert run.returncode == 0, explain(run)
+    _assert_loadable_last(tmp_path, step=3)
+
+
+def test_validation_disabled_and_end_of_epoch(tmp_path: Path) -> None:
+    """`limit_val_batches=0` and an epoch of 2 steps (4 clips, batch 2) run to `max_epochs`."""
+    run = run_page4d("fit", *SMALL, "--trainer.limit_val_batches=0", "--trainer.max_steps=-1",
+                     "--trainer.max_epochs=2", "--data.init_args.train.num_clips=4", cwd=tmp_path)
+    assert run.returncode == 0, explain(run)
+    _assert_loadable_last(tmp_path, step=4)
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path: Path) -> None:
+    folder = tmp_path / OUT
+    folder.mkdir(parents=True)
+    stale = [folder / ".last.ckpt.0123456789ab.tmp", folder / ".best-step=40.ckpt.ba9876543210.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    keep = folder / "notes.txt"
+    keep.write_text("not ours")
+    run = run_page4d("fit", *SMALL, "--trainer.max_steps=1", cwd=tmp_path)
+    assert run.returncode == 0, explain(run)
+    assert not any(path.exists() for path in stale) and keep.exists()
+    _assert_loadable_last(tmp_path, step=1)
+
+
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_a_stopped_run_saves_its_last_step(tmp_path: Path, sig: signal.Signals, exit_code: int) -> None:
+    """Ctrl-C and a cluster's SIGTERM mid-run: the process exits with a failure code (so a job script sees it was
+    stopped) and `last.ckpt` holds the state of a step the run reached."""
+    marker = tmp_path / "step.txt"
+    slow = {"class_path": "tests.step_marker.StepMarker", "init_args": {"path": str(marker), "seconds_per_step": 0.3}}
+    process = start_page4d("fit", *SMALL, "--trainer.max_steps=1000", f"--trainer.callbacks+={json.dumps(slow)}",
+                           cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= 2):
+            assert process.poll() is None, process.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "the run did not reach step 2 in 120 s"
+            time.sleep(0.1)
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == exit_code, output[-4000:]
+    step = _assert_loadable_last(tmp_path)
+    assert 2 <= step < 1000 and step >= int(marker.read_text()) - 1, (step, marker.read_text())
