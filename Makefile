@@ -7,26 +7,51 @@ PY := $(VENV)/bin/python
 # The CPU test machines install this pair from the local wheel cache; GPU clusters may set their own,
 # e.g. `make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Every package make install puts in .venv is pinned here (pip -c); `CONSTRAINTS=` installs without the pins.
+CONSTRAINTS ?= requirements/constraints.txt
+PIP_PINS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# A wheel index for torch alone, e.g. your cluster's CUDA build of the pinned version: TORCH_INDEX=<index URL>
+TORCH_INDEX ?=
 DATASET ?= synthetic
 EXPERIMENT := experiments/$(DATASET).yaml
 DATA_ROOT ?=
 CKPT ?= checkpoints/$(DATASET)/last.ckpt
 ARGS ?=
 
-.PHONY: help install venv check-experiment train validate test lint format bench tensorboard clean
+.PHONY: help install venv lock test-latest check-experiment train validate test lint format bench tensorboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) DATA_ROOT=<dataset root> CKPT=<checkpoint> ARGS='<extra CLI flags>'"
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]' $(TORCH_SPEC)
+	$(PY) -m pip install --quiet $(PIP_PINS) --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_PINS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
+	$(PY) -m pip install --quiet $(PIP_PINS) -e '.[test]' $(TORCH_SPEC)
 	touch $@
 
-install: $(VENV)/.installed ## create .venv (if missing) and install the package with its test extra
+install: $(VENV)/.installed ## create .venv (if missing) from the pinned environment: the package and its test extra
+
+lock: ## rewrite requirements/constraints.txt from a fresh venv with the newest versions setup.cfg allows
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet $(TORCH_SPEC)
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]' $(TORCH_SPEC)
+	{ sed -n '/^#/p' requirements/constraints.txt; .venv-lock/bin/python -m pip freeze --all --exclude-editable; } \
+		> requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
+	rm -rf .venv-lock
+	@echo "requirements/constraints.txt rewritten: review the diff, then make test-latest or a fresh make test"
+
+test-latest: ## the suite in a fresh .venv-latest with the newest versions (no pins): upgrades happen on purpose
+	rm -rf .venv-latest && python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet $(TORCH_SPEC)
+	.venv-latest/bin/python -m pip install --quiet -e '.[test]' $(TORCH_SPEC)
+	.venv-latest/bin/python -m pip freeze --all --exclude-editable | diff <(grep -v '^#' requirements/constraints.txt) - \
+		| grep '^[<>]' || echo "the newest versions equal the pins"
+	.venv-latest/bin/python -m pytest -q $(ARGS)
 
 venv: install
 
