@@ -71,8 +71,9 @@ validate: check-experiment install ## validate a checkpoint: `make validate [DAT
 test: install ## run the test suite (CPU)
 	$(PY) -m pytest -q $(ARGS)
 
-lint: install ## ruff lint
+lint: install ## ruff, and the architecture contracts of setup.cfg [importlinter] (lint-imports)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: install ## ruff format + import sorting
 	$(VENV)/bin/ruff check --fix --select I .

@@ -109,7 +109,8 @@ def _decode_rate(dataset: Any, frames: list[tuple[str, int]], repeats: int) -> d
 def bench_reader(name: str, hw: tuple[int, int], work: Path, quick: bool) -> dict[str, Any]:
     """Write the fixture, pack it, time raw and packed clips of reader `name`."""
     from datamodules import DATASETS
-    from datamodules.packed import PackedDataset, pack_dataset
+    from datamodules.packed import PackedDataset
+    from datamodules.packed_writer import pack_dataset
 
     try:
         importlib.import_module(f"datamodules.{name}")

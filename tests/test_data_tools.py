@@ -14,8 +14,8 @@ from PIL import Image
 
 import datamodules.custom  # noqa: F401  (registers "custom")
 from datamodules import DATASETS
-from datamodules.tools import LABEL_H, TOP_MIN, clip_sheet
 from page4d_lightning.cli import main
+from page4d_lightning.tools.data import LABEL_H, TOP_MIN, clip_sheet
 from tests.data.custom.make_fixture import HOLE, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]

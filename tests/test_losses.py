@@ -177,3 +177,14 @@ def test_objective_is_the_weighted_sum_and_backpropagates() -> None:
 def test_no_active_term_is_an_error() -> None:
     with pytest.raises(ValueError, match="no active loss term"):
         MultitaskLoss(camera={"weight": 0.0})(_perfect_predictions(_batch()), _batch())
+
+
+@pytest.mark.parametrize(("task", "block", "typo"), [
+    ("depth", {"weight": 1.0, "gama": 0.3}, "gama"),
+    ("camera", {"weight": 5.0, "loss_typ": "l1"}, "loss_typ"),
+    ("point", {"weight": 1.0, "gradient_loss": "normal"}, "gradient_loss"),
+    ("track", {"wieght": 1.0}, "wieght"),
+])
+def test_a_misspelled_loss_key_is_named(task: str, block: dict, typo: str) -> None:
+    with pytest.raises(ValueError, match=rf"loss\.{task}: unknown key\(s\) \['{typo}'\]"):
+        MultitaskLoss(**{task: block})

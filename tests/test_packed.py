@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DATASETS, Page4DDataModule, register_dataset
 from datamodules.io import ClipFormatError, read_npz
-from datamodules.packed import INDEX_NAME, PackedDataset, pack_dataset
+from datamodules.packed import INDEX_NAME, PackedDataset
+from datamodules.packed_writer import pack_dataset
 from datamodules.sequence import Frame, SequenceDataset, Tracks
 from page4d_lightning.cli import main as cli_main
 

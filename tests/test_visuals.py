@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing import event_accumulator
 
 from datamodules import SyntheticDataModule
+from page4d_lightning.callbacks import VisualLogger
 from page4d_lightning.module import Page4DModule
 from page4d_lightning.visuals import (
-    VisualLogger,
     clip_grid,
     colorize_confidence,
     colorize_depth,

@@ -1,20 +1,26 @@
-"""Cross-cutting training behaviour: the mask-strength schedule, `last.ckpt` on every exit, the prediction writer."""
+"""Cross-cutting training behaviour: the mask-strength schedule, `last.ckpt` on every exit, image / point-cloud
+logging to TensorBoard (`VisualLogger`) and the prediction writer."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
 
 from page4d_lightning.checkpointing import remove_stale_temporaries
+from page4d_lightning.visuals import clip_grid, point_cloud
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +138,78 @@ class NpzPredictionWriter(BasePredictionWriter):
             path = self.output_dir / f"{Path(str(name)).name}.npz"
             np.savez_compressed(path, **{k: v[i] for k, v in arrays.items()})
         logger.info("wrote %d clip(s) to %s", len(prediction["seq_name"]), self.output_dir)
+
+
+class VisualLogger(Callback):
+    """Logs a `clip_grid` image and a `point_cloud` of one clip to TensorBoard (rank zero only).
+
+    Every `every_n_steps` optimiser steps it runs one extra forward of `pl_module.model` (eval mode, no grad,
+    the trainer's precision) on the first clip of the training batch and logs `train/visuals`,
+    `train/point_cloud`; with `log_val`, the first validation batch of every validation epoch gives
+    `val/visuals`, `val/point_cloud`. Column names go to `<stage>/visuals_columns` (text). Without a
+    TensorBoardLogger it warns once and does nothing.
+    """
+
+    def __init__(self, every_n_steps: int = 500, max_frames: int = 4, max_points: int = 20000,
+                 log_val: bool = True) -> None:
+        if every_n_steps < 1 or max_frames < 1 or max_points < 1:
+            raise ValueError(
+                "VisualLogger: expected every_n_steps, max_frames, max_points >= 1, "
+                f"got {every_n_steps}, {max_frames}, {max_points}"
+            )
+        self.every_n_steps, self.max_frames, self.max_points = every_n_steps, max_frames, max_points
+        self.log_val = log_val
+        self._last_train_step = -1
+        self._warned = False
+
+    def _writer(self, trainer: L.Trainer) -> Any | None:
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                return lg.experiment
+        if not self._warned:
+            rank_zero_warn("VisualLogger needs a TensorBoardLogger; no images or point clouds will be logged")
+            self._warned = True
+        return None
+
+    @torch.no_grad()
+    def log_clip(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Mapping[str, Any], stage: str) -> None:
+        """Forward the first clip of `batch` and write `<stage>/visuals` and `<stage>/point_cloud`."""
+        writer = self._writer(trainer)
+        if writer is None:
+            return
+        model = pl_module.model
+        modes = {m: m.training for m in model.modules()}  # restore each submodule's own mode afterwards
+        precision = trainer.precision_plugin
+        images = precision.convert_input(batch["images"][:1].to(pl_module.device))
+        model.eval()
+        try:
+            with precision.val_step_context():
+                predictions = model(images)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        clip = {k: v[:1] for k, v in batch.items() if isinstance(v, Tensor) and v.ndim >= 1}
+        grid, columns = clip_grid(clip, predictions, self.max_frames)
+        step = trainer.global_step
+        writer.add_image(f"{stage}/visuals", grid, step, dataformats="HWC")
+        writer.add_text(f"{stage}/visuals_columns", " | ".join(columns), step)
+        if "world_points" in predictions:
+            conf = predictions.get("world_points_conf")
+            vertices, colors = point_cloud(
+                predictions["world_points"][0], images[0], None if conf is None else conf[0], self.max_points
+            )
+            writer.add_mesh(f"{stage}/point_cloud", vertices=vertices, colors=colors, global_step=step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step % self.every_n_steps or step == self._last_train_step:
+            return
+        self._last_train_step = step  # gradient accumulation repeats a global_step; log it once
+        self.log_clip(trainer, pl_module, batch, "train")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.log_val and batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero \
+                and not trainer.sanity_checking:
+            self.log_clip(trainer, pl_module, batch, "val")

@@ -5,12 +5,11 @@
   full disk leaves the previous `last.ckpt` intact, and the next save removes the temporary file such a kill
   left behind. Loading names the file when it is truncated or unreadable. The `page4d` CLI uses it by default.
 - `export_weights`: a `Page4DModule` Lightning checkpoint -> the PAGE4D state dict with the official key
-  names, as `.safetensors` (or `.pt`); `page4d export-weights CKPT OUT` is its command line.
+  names, as `.safetensors` (or `.pt`); `page4d export-weights CKPT OUT` is its command line (`tools/`).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
@@ -182,21 +181,3 @@ def export_weights(checkpoint_path: str | os.PathLike, output_path: str | os.Pat
     logger.info("wrote %s: %d tensors, %.2f M parameters (from %s)", output_path, len(state), numel / 1e6,
                 checkpoint_path)
     return state
-
-
-def export_weights_main(args: list[str]) -> int:
-    """`page4d export-weights CKPT OUT.safetensors`: the command line of `export_weights`."""
-    parser = argparse.ArgumentParser(
-        prog="page4d export-weights",
-        description="Export the PAGE4D weights of a Page4DModule Lightning checkpoint (official key names), "
-        "loadable with page4d_lightning.models.load_weights or the official code.",
-    )
-    parser.add_argument("checkpoint", help="Lightning checkpoint written by `page4d fit` (e.g. last.ckpt)")
-    parser.add_argument("output", help="output file: .safetensors (recommended) or .pt (plain state dict)")
-    ns = parser.parse_args(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a no-op where logging is configured
-    try:
-        export_weights(ns.checkpoint, ns.output)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"page4d export-weights: error: {err}\n")
-    return 0

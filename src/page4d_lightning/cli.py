@@ -36,11 +36,11 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "predict": "run a checkpoint on the predict split",
 }
 TOOLS: dict[str, tuple[str, str]] = {
-    "data": ("datamodules.tools:data_main", "validate a dataset root file by file, or inspect the clips"),
-    "pack": ("datamodules.packed:pack_main", "pack a dataset into HDF5 shards (dataset 'packed')"),
-    "export-weights": ("page4d_lightning.checkpointing:export_weights_main",
+    "data": ("page4d_lightning.tools.data:data_main", "validate a dataset root file by file, or inspect the clips"),
+    "pack": ("page4d_lightning.tools.pack:pack_main", "pack a dataset into HDF5 shards (dataset 'packed')"),
+    "export-weights": ("page4d_lightning.tools.export_weights:export_weights_main",
                        "a run's checkpoint -> the model's weights with the official key names"),
-    "analyze-layers": ("page4d_lightning.finetune:analyze_layers_main",
+    "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
                        "which blocks react to dynamic content (sensitivity analysis)"),
 }
 """Tool subcommands: name -> ("module:function", one-line help); the function takes the remaining arguments and

@@ -14,7 +14,9 @@ Ground truth that is NaN/inf is set to 0 and clamped to +-100, as in the officia
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,7 +66,6 @@ def camera_loss(
     weight_rot: float = 1.0,
     weight_focal: float = 0.5,
     min_valid_pixels: int = 100,
-    **_: Any,
 ) -> dict[str, Tensor]:
     """Pose-encoding loss over the iterations of `pose_enc_list` (each (B, S, 9)).
 
@@ -123,7 +124,6 @@ def depth_loss(
     alpha: float = 0.2,
     gradient_loss_fn: str | None = None,
     valid_range: float = -1.0,
-    **_: Any,
 ) -> dict[str, Tensor]:
     """Confidence-weighted depth loss: predictions `depth (B,S,H,W,1)`, `depth_conf (B,S,H,W)`."""
     gt = fix_non_finite(batch["depths"], "gt_depth")[..., None]
@@ -140,7 +140,6 @@ def point_loss(
     alpha: float = 0.2,
     gradient_loss_fn: str | None = None,
     valid_range: float = -1.0,
-    **_: Any,
 ) -> dict[str, Tensor]:
     """Confidence-weighted point-map loss: `world_points (B,S,H,W,3)`, `world_points_conf (B,S,H,W)`."""
     gt = fix_non_finite(batch["world_points"], "gt_points")
@@ -332,7 +331,6 @@ def track_loss(
     vis_aware: bool = False,
     vis_aware_w: float = 0.1,
     conf_threshold: float = 3.0,
-    **_: Any,
 ) -> dict[str, Tensor]:
     """Tracking loss (official `compute_track_loss`): coordinate L1 over iterations, visibility and confidence BCE.
 
@@ -384,11 +382,32 @@ def _bce_on_sigmoid_outputs(scores: Tensor | None, target: Tensor, valid: Tensor
 
 
 # ------------------------------------------------------------------------------------------- compose
+LOSS_FUNCTIONS: dict[str, Callable[..., dict[str, Tensor]]] = {
+    "camera": camera_loss, "depth": depth_loss, "point": point_loss, "track": track_loss,
+}
+
+
+def check_loss_keys(task: str, cfg: dict[str, Any] | None) -> None:
+    """Raise ValueError naming the keys of the `task` loss block that are not `weight` or a loss argument."""
+    if cfg is None:
+        return
+    known = ["weight", *list(inspect.signature(LOSS_FUNCTIONS[task]).parameters)[2:]]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise ValueError(f"loss.{task}: unknown key(s) {unknown}; expected some of {known}")
+
+
+def _arguments(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A loss block without its `weight` (which `MultitaskLoss` applies): the loss function's arguments."""
+    return {k: v for k, v in cfg.items() if k != "weight"}
+
+
 class MultitaskLoss(torch.nn.Module):
     """Weighted sum of the task losses; each argument is the official per-task config dict.
 
     A task whose dict is None, or whose weight is 0, is skipped. `forward` returns every term plus
-    `objective` (the scalar to minimise).
+    `objective` (the scalar to minimise). A key that is not `weight` or an argument of the task's loss function
+    raises ValueError naming it: a misspelled key in a YAML loss block must not silently change nothing.
     """
 
     def __init__(
@@ -399,6 +418,8 @@ class MultitaskLoss(torch.nn.Module):
         track: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        for name, cfg in (("camera", camera), ("depth", depth), ("point", point), ("track", track)):
+            check_loss_keys(name, cfg)
         self.camera, self.depth, self.point, self.track = camera, depth, point, track
 
     @staticmethod
@@ -414,19 +435,19 @@ class MultitaskLoss(torch.nn.Module):
             total = value * weight if total is None else total + value * weight
 
         if self._active(self.camera) and "pose_enc_list" in predictions:
-            t = camera_loss(predictions, batch, **self.camera)
+            t = camera_loss(predictions, batch, **_arguments(self.camera))
             terms.update(t)
             add(t["loss_camera"], self.camera.get("weight", 1.0))
         if self._active(self.depth) and "depth" in predictions:
-            t = depth_loss(predictions, batch, **self.depth)
+            t = depth_loss(predictions, batch, **_arguments(self.depth))
             terms.update(t)
             add(t["loss_conf_depth"] + t["loss_reg_depth"] + t["loss_grad_depth"], self.depth.get("weight", 1.0))
         if self._active(self.point) and "world_points" in predictions:
-            t = point_loss(predictions, batch, **self.point)
+            t = point_loss(predictions, batch, **_arguments(self.point))
             terms.update(t)
             add(t["loss_conf_point"] + t["loss_reg_point"] + t["loss_grad_point"], self.point.get("weight", 1.0))
         if self._active(self.track) and "track_list" in predictions and "tracks" in batch:
-            t = track_loss(predictions, batch, **self.track)
+            t = track_loss(predictions, batch, **_arguments(self.track))
             terms.update(t)
             add(t["loss_track"], self.track.get("weight", 1.0))
         if total is None:

@@ -1,4 +1,5 @@
-"""Image and point-cloud logging: colourisation helpers, a per-clip image grid, and `VisualLogger`.
+"""Pure drawing: colourisation helpers, a per-clip image grid and point-cloud subsampling (the TensorBoard callback
+that uses them is `page4d_lightning.callbacks.VisualLogger`).
 
 The helpers are pure PyTorch and run on any device; images come out as uint8 (..., H, W, 3) for
 TensorBoard's `add_image(..., dataformats="HWC")`, point clouds as `add_mesh` wants them.
@@ -10,11 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
@@ -197,78 +194,3 @@ def point_cloud(world_points: Tensor, images: Tensor, conf: Tensor | None = None
     if opengl_axes:
         points = points * torch.tensor([1.0, -1.0, -1.0], device=points.device)
     return points.cpu().unsqueeze(0), colors.cpu().unsqueeze(0)
-
-
-class VisualLogger(Callback):
-    """Logs a `clip_grid` image and a `point_cloud` of one clip to TensorBoard (rank zero only).
-
-    Every `every_n_steps` optimiser steps it runs one extra forward of `pl_module.model` (eval mode, no grad,
-    the trainer's precision) on the first clip of the training batch and logs `train/visuals`,
-    `train/point_cloud`; with `log_val`, the first validation batch of every validation epoch gives
-    `val/visuals`, `val/point_cloud`. Column names go to `<stage>/visuals_columns` (text). Without a
-    TensorBoardLogger it warns once and does nothing.
-    """
-
-    def __init__(self, every_n_steps: int = 500, max_frames: int = 4, max_points: int = 20000,
-                 log_val: bool = True) -> None:
-        if every_n_steps < 1 or max_frames < 1 or max_points < 1:
-            raise ValueError(
-                "VisualLogger: expected every_n_steps, max_frames, max_points >= 1, "
-                f"got {every_n_steps}, {max_frames}, {max_points}"
-            )
-        self.every_n_steps, self.max_frames, self.max_points = every_n_steps, max_frames, max_points
-        self.log_val = log_val
-        self._last_train_step = -1
-        self._warned = False
-
-    def _writer(self, trainer: L.Trainer) -> Any | None:
-        for lg in trainer.loggers:
-            if isinstance(lg, TensorBoardLogger):
-                return lg.experiment
-        if not self._warned:
-            rank_zero_warn("VisualLogger needs a TensorBoardLogger; no images or point clouds will be logged")
-            self._warned = True
-        return None
-
-    @torch.no_grad()
-    def log_clip(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Mapping[str, Any], stage: str) -> None:
-        """Forward the first clip of `batch` and write `<stage>/visuals` and `<stage>/point_cloud`."""
-        writer = self._writer(trainer)
-        if writer is None:
-            return
-        model = pl_module.model
-        modes = {m: m.training for m in model.modules()}  # restore each submodule's own mode afterwards
-        precision = trainer.precision_plugin
-        images = precision.convert_input(batch["images"][:1].to(pl_module.device))
-        model.eval()
-        try:
-            with precision.val_step_context():
-                predictions = model(images)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-        clip = {k: v[:1] for k, v in batch.items() if isinstance(v, Tensor) and v.ndim >= 1}
-        grid, columns = clip_grid(clip, predictions, self.max_frames)
-        step = trainer.global_step
-        writer.add_image(f"{stage}/visuals", grid, step, dataformats="HWC")
-        writer.add_text(f"{stage}/visuals_columns", " | ".join(columns), step)
-        if "world_points" in predictions:
-            conf = predictions.get("world_points_conf")
-            vertices, colors = point_cloud(
-                predictions["world_points"][0], images[0], None if conf is None else conf[0], self.max_points
-            )
-            writer.add_mesh(f"{stage}/point_cloud", vertices=vertices, colors=colors, global_step=step)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if not trainer.is_global_zero or step % self.every_n_steps or step == self._last_train_step:
-            return
-        self._last_train_step = step  # gradient accumulation repeats a global_step; log it once
-        self.log_clip(trainer, pl_module, batch, "train")
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.log_val and batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero \
-                and not trainer.sanity_checking:
-            self.log_clip(trainer, pl_module, batch, "val")
