@@ -41,7 +41,8 @@ from PIL import Image, UnidentifiedImageError
 
 from datamodules.base import register_dataset
 from datamodules.io import ClipFormatError, read_json, read_mask_png, read_npy, read_png_uint16, read_rgb
-from datamodules.sequence import Frame, SequenceDataset
+from datamodules.sequence import Frame, SequenceDataset, reader_rotation
+from page4d_lightning.geometry import se3_inverse
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ TOP_LEVEL_KEYS = ("convention", "extrinsics_type", "depth_scale", "intrinsics", 
 FRAME_KEYS = ("file", "extrinsics", "intrinsics")
 INTRINSICS_KEYS = ("fx", "fy", "cx", "cy")
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # OpenGL camera axes <-> OpenCV camera axes (its own inverse)
-_ORTHO_TOL = 1e-2  # largest |R R^T - I| entry re-orthonormalised silently (float32 / rounded JSON)
 
 
 def natural_key(name: str) -> list[Any]:
@@ -79,20 +79,13 @@ def parse_extrinsics(value: Any, convention: str, extrinsics_type: str, where: s
         raise ClipFormatError(
             f"{where}: extrinsics last row is {M[3].tolist()}, expected [0, 0, 0, 1] (row-major 4x4; transposed?)"
         )
-    R, t = M[:3, :3], M[:3, 3]
-    error = np.abs(R @ R.T - np.eye(3)).max()
-    if error > _ORTHO_TOL or np.linalg.det(R) <= 0:
-        raise ClipFormatError(
-            f"{where}: extrinsics rotation is not a rotation (max |R R^T - I| = {error:.3g}, det "
-            f"{np.linalg.det(R):.3f}); scale, shear or a mirrored axis in the pose?"
-        )
-    U, _, Vt = np.linalg.svd(R)
-    R = U @ Vt  # nearest rotation: removes float32 / rounding drift
-    if extrinsics_type == "c2w":  # invert: R_cw = R_wc^T, t_cw = -R_wc^T C
-        R, t = R.T, -R.T @ t
+    R = reader_rotation(M[:3, :3], f"{where}: extrinsics")  # nearest rotation: removes float32 / rounding drift
+    E = np.concatenate([R, M[:3, 3:]], axis=1)
+    if extrinsics_type == "c2w":
+        E = se3_inverse(E)
     if convention == "opengl":  # same world, camera axes y and z flipped
-        R, t = _FLIP_YZ @ R, _FLIP_YZ @ t
-    return np.concatenate([R, t[:, None]], axis=1)
+        E = _FLIP_YZ @ E
+    return E
 
 
 def reject_unknown_keys(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:

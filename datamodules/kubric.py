@@ -32,22 +32,11 @@ import numpy as np
 from datamodules.base import register_dataset
 from datamodules.io import ClipFormatError, read_float_tiff, read_json, read_label_png, read_rgb
 from datamodules.sequence import Frame, SequenceDataset
+from page4d_lightning.geometry import quat_to_rotmat, wxyz_to_xyzw
 
 logger = logging.getLogger(__name__)
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # Blender/OpenGL <-> OpenCV camera axes
-
-
-def quat_wxyz_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions (w, x, y, z), any norm > 0 -> (..., 3, 3) rotation matrices."""
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    rows = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ]
-    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
 
 
 def ray_to_z(distance: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -120,7 +109,7 @@ def parse_metadata(path: Path) -> dict[str, Any]:
     return {
         "path": path,
         "positions": positions,
-        "rotations_gl": quat_wxyz_to_matrix(quats),  # camera-to-world, Blender camera axes
+        "rotations_gl": quat_to_rotmat(wxyz_to_xyzw(quats)),  # camera-to-world, Blender camera axes
         "focal_over_sensor": focal / sensor,
         "instance_positions": np.stack(inst_pos) if inst_pos else np.zeros((0, T, 3)),
         "instance_quaternions": np.stack(inst_quat) if inst_quat else np.zeros((0, T, 4)),

@@ -33,7 +33,7 @@ import numpy as np
 
 from datamodules.base import register_dataset
 from datamodules.io import ClipFormatError, read_label_png, read_npz, read_png_uint16, read_rgb
-from datamodules.sequence import Frame, SequenceDataset, Tracks
+from datamodules.sequence import Frame, SequenceDataset, Tracks, reader_rotation
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ DEPTH_SCALE = 1000.0 / 65535.0  # metres per depth PNG unit
 SKY = 65535  # depth PNG value of sky / background at "infinity"
 PIXEL_SHIFT = 0.5  # Blender pixel-area coordinates -> OpenCV pixel centres
 SPLIT_FOLDERS = {"valid": "val", "validation": "val", "predict": "test"}
-
-
-def orthonormalize(R: np.ndarray) -> np.ndarray:
-    """Nearest rotation (3, 3) to a nearly orthonormal matrix (float16 round-off), by SVD."""
-    U, _, Vt = np.linalg.svd(R)
-    if np.linalg.det(U @ Vt) < 0:
-        U[:, -1] *= -1
-    return U @ Vt
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int | None, ...], key: str, path: Path) -> None:
@@ -193,7 +185,7 @@ class PointOdysseyDataset(SequenceDataset):
         E, K = anno["extrinsics"][index].copy(), anno["intrinsics"][index].copy()
         if not (np.isfinite(E).all() and np.isfinite(K).all()):
             raise ClipFormatError(f"{anno['path']}: camera of frame {index} holds NaN/inf")
-        E[:, :3] = orthonormalize(E[:, :3])
+        E[:, :3] = reader_rotation(E[:, :3], f"{anno['path']}: camera of frame {index}")  # float16 round-off
         K[:2, 2] -= PIXEL_SHIFT
 
         dynamic = self._dynamic_mask(scene, anno, index, hw) if self.dynamic_masks else None

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.io import ClipFormatError, read_float16_png
+from page4d_lightning.geometry import nearest_rotation
 
 __all__ = [
     "INTRINSICS_FORMATS",
@@ -53,13 +54,6 @@ def _array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return array
 
 
-def _nearest_rotation(R: np.ndarray) -> np.ndarray:
-    """(3, 3) -> the closest rotation (SVD), removing the rounding of JSON/float16-stored matrices."""
-    U, _, Vt = np.linalg.svd(R)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
-
-
 def opencv_from_pytorch3d(R: Sequence | np.ndarray, T: Sequence | np.ndarray) -> np.ndarray:
     """PyTorch3D `R` (3, 3), `T` (3,) (X_view = X_world @ R + T) -> camera-from-world OpenCV (3, 4) float64.
 
@@ -68,10 +62,8 @@ def opencv_from_pytorch3d(R: Sequence | np.ndarray, T: Sequence | np.ndarray) ->
     """
     R = _array(R, (3, 3), "R")
     T = _array(T, (3,), "T")
-    R_cv = P3D_TO_CV @ R.T
-    if abs(np.linalg.det(R_cv) - 1.0) > 1e-2 or np.abs(R_cv @ R_cv.T - np.eye(3)).max() > 1e-2:
-        raise ValueError(f"R: expected a rotation matrix, got det {np.linalg.det(R_cv):.4f}: {R.tolist()}")
-    return np.concatenate([_nearest_rotation(R_cv), (P3D_TO_CV @ T)[:, None]], axis=1)
+    R_cv = nearest_rotation(P3D_TO_CV @ R.T, "R")  # ValueError naming R when it is not a rotation
+    return np.concatenate([R_cv, (P3D_TO_CV @ T)[:, None]], axis=1)
 
 
 def ndc_to_pixel_intrinsics(

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from datamodules.io import ClipFormatError
 from datamodules.transforms import ResizeCrop, output_size, photometric_augmentation
-from page4d_lightning.geometry import depth_to_world_points, normalize_sample
+from page4d_lightning.geometry import depth_to_world_points, nearest_rotation, normalize_sample, relative_to_first
 from page4d_lightning.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -330,14 +330,13 @@ class SequenceDataset(Dataset):
         return problems
 
 
-def relative_to_first(extrinsics: np.ndarray) -> np.ndarray:
-    """Camera-from-world (S, 3, 4) -> E_i E_0^-1 (S, 3, 4): the same cameras in camera 0's frame."""
-    R, t = extrinsics[:, :, :3], extrinsics[:, :, 3]
-    R0, t0 = R[0], t[0]
-    R_rel = R @ R0.T  # R_i R_0^T
-    t_rel = t - R_rel @ t0  # t_i - R_i R_0^T t_0
-    R_rel[0], t_rel[0] = np.eye(3), 0.0  # exactly, not up to rounding
-    return np.concatenate([R_rel, t_rel[..., None]], axis=-1)
+def reader_rotation(matrix: np.ndarray, where: str) -> np.ndarray:
+    """`geometry.nearest_rotation` for readers: the closest rotation to a stored (3, 3) block, or a
+    ClipFormatError naming `where` (file, line or frame) when it is not one."""
+    try:
+        return nearest_rotation(np.asarray(matrix, dtype=np.float64), "rotation")
+    except ValueError as err:
+        raise ClipFormatError(f"{where}: {err}") from None
 
 
 def parse_clip_key(key: int | tuple | list) -> tuple[int, int | None, float | None, int | None]:
@@ -375,8 +374,6 @@ def check_frame(frame: Frame, where: str) -> None:
         raise ClipFormatError(f"{src}: expected extrinsics (3, 4) and intrinsics (3, 3), got {E.shape}, {K.shape}")
     if not (np.isfinite(E).all() and np.isfinite(K).all()):
         raise ClipFormatError(f"{src}: camera holds NaN/inf (extrinsics or intrinsics)")
-    R = E[:, :3]
-    if abs(np.linalg.det(R) - 1.0) > 1e-2 or np.abs(R @ R.T - np.eye(3)).max() > 1e-2:
-        raise ClipFormatError(f"{src}: extrinsics rotation is not a rotation (det {np.linalg.det(R):.4f})")
+    reader_rotation(E[:, :3], f"{src}: extrinsics")
     if not (K[0, 0] > 0 and K[1, 1] > 0):
         raise ClipFormatError(f"{src}: intrinsics focal lengths must be > 0, got fx={K[0, 0]}, fy={K[1, 1]}")

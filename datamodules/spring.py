@@ -32,21 +32,13 @@ import numpy as np
 
 from datamodules.base import register_dataset
 from datamodules.io import ClipFormatError, read_hdf5_array, read_mask_png, read_rgb, require_file
-from datamodules.sequence import Frame, SequenceDataset
+from datamodules.sequence import Frame, SequenceDataset, reader_rotation
 
 logger = logging.getLogger(__name__)
 
 SPRING_BASELINE = 0.065  # metres between the stereo cameras (devkit `SPRING_BASELINE`)
 _FRAME = re.compile(r"frame_left_(\d{4})\.png")
 _LAYOUT = "<root>/<split>/<seq>/frame_left/frame_left_0001.png"
-
-
-def _rigid(matrix: np.ndarray, where: str) -> np.ndarray:
-    """(3, 3) nearly-orthonormal matrix -> the closest rotation (SVD); ClipFormatError when it is far from one."""
-    u, s, vt = np.linalg.svd(matrix)
-    if np.abs(s - 1.0).max() > 1e-3 or np.linalg.det(u @ vt) < 0:
-        raise ClipFormatError(f"{where}: rotation block is not a rotation (singular values {np.round(s, 4)})")
-    return u @ vt
 
 
 def _read_table(path: Path, columns: int) -> np.ndarray:
@@ -137,7 +129,7 @@ class SpringDataset(SequenceDataset):
             raise ClipFormatError(f"{where} holds NaN/inf")
         if np.abs(world_to_cam[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-6:
             raise ClipFormatError(f"{where}: last row is {world_to_cam[3]}, expected [0 0 0 1]")
-        rotation = _rigid(world_to_cam[:3, :3], where)
+        rotation = reader_rotation(world_to_cam[:3, :3], where)
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         return K, np.concatenate([rotation, world_to_cam[:3, 3:]], axis=1)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from page4d_lightning.geometry import quat_to_rotmat
+
 logger = logging.getLogger(__name__)
 
 FRAME_DT = 0.1  # seconds between consecutive frames
@@ -88,18 +90,7 @@ class _Draws:
         """Uniform random rotation (3, 3) (Shoemake's quaternion from 3 uniforms)."""
         u1, u2, u3 = self.uniform(), self.uniform(0, 2 * math.pi), self.uniform(0, 2 * math.pi)
         a, b = math.sqrt(1 - u1), math.sqrt(u1)
-        return quat_to_matrix(torch.tensor([a * math.sin(u2), a * math.cos(u2), b * math.sin(u3), b * math.cos(u3)]))
-
-
-def quat_to_matrix(q: Tensor) -> Tensor:
-    """Unit quaternion (..., 4) XYZW -> rotation matrices (..., 3, 3)."""
-    x, y, z, w = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)  # (..., 9) -> (..., 3, 3), row-major
+        return quat_to_rotmat(torch.tensor([a * math.sin(u2), a * math.cos(u2), b * math.sin(u3), b * math.cos(u3)]))
 
 
 def axis_angle_to_matrix(v: Tensor) -> Tensor:

@@ -28,7 +28,8 @@ import numpy as np
 
 from datamodules.base import register_dataset
 from datamodules.io import ClipFormatError, read_exr, read_npz, read_rgb, require_file
-from datamodules.sequence import Frame, SequenceDataset
+from datamodules.sequence import Frame, SequenceDataset, reader_rotation
+from page4d_lightning.geometry import se3_inverse
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +123,5 @@ class WaymoDataset(SequenceDataset):
             raise ClipFormatError(f"{path}: intrinsics or cam2world hold NaN/inf")
         if np.abs(cam2world[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-6:
             raise ClipFormatError(f"{path}: cam2world last row is {cam2world[3]}, expected [0 0 0 1]")
-        u, s, vt = np.linalg.svd(cam2world[:3, :3])
-        if np.abs(s - 1.0).max() > 1e-3 or np.linalg.det(u @ vt) < 0:
-            raise ClipFormatError(f"{path}: cam2world rotation is not a rotation (singular values {np.round(s, 4)})")
-        rotation = u @ vt  # camera-to-world rotation, re-orthonormalised
-        center = cam2world[:3, 3]
-        return K, np.concatenate([rotation.T, (-rotation.T @ center)[:, None]], axis=1)
+        rotation = reader_rotation(cam2world[:3, :3], f"{path}: cam2world")  # camera-to-world, re-orthonormalised
+        return K, se3_inverse(np.concatenate([rotation, cam2world[:3, 3:]], axis=1))

@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from kornia.geometry.conversions import quaternion_to_rotation_matrix, rotation_matrix_to_quaternion
@@ -11,16 +12,19 @@ from page4d_lightning.geometry import (
     camera_centers,
     depth_to_world_points,
     extri_intri_to_pose_encoding,
+    nearest_rotation,
     normalize_clip,
     normalize_sample,
     pose_encoding_to_extri_intri,
     project_points,
     quat_to_rotmat,
+    relative_to_first,
     rotmat_to_quat,
     se3_compose,
     se3_inverse,
     to_homogeneous,
     umeyama_sim3,
+    wxyz_to_xyzw,
 )
 
 F64 = torch.float64
@@ -301,3 +305,35 @@ def test_normalize_clip_no_valid_first_frame_and_nan():
 def test_bad_shapes_raise(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+# ------------------------------------------------------------------- conventions the readers share (NumPy too)
+def test_nearest_rotation_removes_round_off_and_rejects_what_is_no_rotation() -> None:
+    R = quat_to_rotmat(torch.tensor([0.3, -0.2, 0.5, 0.8], dtype=torch.float64))
+    stored = R.numpy().astype(np.float16).astype(np.float64)  # PointOdyssey's float16 cameras
+    assert np.abs(stored @ stored.T - np.eye(3)).max() > 1e-5
+    fixed = nearest_rotation(stored)
+    assert isinstance(fixed, np.ndarray) and fixed.dtype == np.float64
+    np.testing.assert_allclose(fixed @ fixed.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(fixed, R.numpy(), atol=2e-3)
+    torch.testing.assert_close(nearest_rotation(R), R)  # tensors in, tensors out
+    for bad, why in ((1.05 * R, "singular values"), (R @ torch.diag(torch.tensor([1.0, 1, -1], dtype=R.dtype)), "det"),
+                     (torch.full((3, 3), float("nan"), dtype=R.dtype), "NaN")):
+        with pytest.raises(ValueError, match=f"cam: .*{why}"):
+            nearest_rotation(bad, "cam")
+
+
+def test_relative_to_first_is_E_i_E_0_inverse_with_an_exact_first_camera() -> None:
+    E = se3_inverse(torch.cat([quat_to_rotmat(torch.randn(2, 5, 4, dtype=torch.float64)),
+                               torch.randn(2, 5, 3, 1, dtype=torch.float64)], -1))
+    rel = relative_to_first(E)
+    expected = to_homogeneous(E) @ torch.linalg.inv(to_homogeneous(E[:, :1]))
+    torch.testing.assert_close(rel, expected[..., :3, :])
+    assert torch.equal(rel[:, 0], torch.eye(3, 4, dtype=E.dtype).expand(2, 3, 4))
+    np.testing.assert_allclose(relative_to_first(E[0].numpy()), rel[0].numpy(), atol=1e-12)
+
+
+def test_wxyz_quaternions_give_the_same_rotation() -> None:
+    q = torch.randn(7, 4, dtype=torch.float64)
+    wxyz = q[:, [3, 0, 1, 2]].numpy()
+    np.testing.assert_allclose(quat_to_rotmat(wxyz_to_xyzw(wxyz)), quat_to_rotmat(q).numpy(), atol=1e-12)

@@ -187,7 +187,7 @@ def test_auc_and_pose_bad_input():
         pose_auc(pred, gt, max_threshold=0)
     with pytest.raises(ValueError, match="S >= 2"):
         pose_auc(pred[:1], gt[:1])
-    with pytest.raises(ValueError, match=r"gt_extrinsics: expected \(S, 3, 4\) or \(S, 4, 4\), got \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"gt_extrinsics: expected \(\.\.\., 3, 4\) or \(\.\.\., 4, 4\), got \(2, 3\)"):
         pose_auc(pred, gt[..., 0])
     with pytest.raises(ValueError, match="auc_threshold"):
         PoseMetrics(auc_threshold=-3)

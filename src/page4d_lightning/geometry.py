@@ -3,19 +3,27 @@
 Conventions (DESIGN.md): extrinsics are camera-from-world [R|t] in OpenCV axes (x right, y down, z forward),
 (..., 3, 4); intrinsics are pixels of the network input, (..., 3, 3); quaternions are XYZW (scalar last) with
 w >= 0; pose encoding `absT_quaR_FoV` = [t (3), quat XYZW (4), fov_h, fov_w] in radians.
-Every function takes any leading dims `...`, never loops over batch or frames and stays in torch.
+Every function takes any leading dims `...`, never loops over batch or frames and computes in torch; those that
+readers call on NumPy data (`nearest_rotation`, `se3_inverse`, `quat_to_rotmat`, `relative_to_first`) also take
+NumPy arrays and then return NumPy arrays. Shape checks are public (`check_shape`, `check_image_hw`), in the
+manner of kornia's `core/check.py`, so metrics and models raise the same messages.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "check_shape", "check_image_hw", "ROTATION_TOLERANCE", "nearest_rotation", "wxyz_to_xyzw", "relative_to_first",
     "rotmat_to_quat", "quat_to_rotmat", "extri_intri_to_pose_encoding", "pose_encoding_to_extri_intri",
     "se3_inverse", "se3_compose", "to_homogeneous", "camera_centers", "depth_to_cam_points",
     "cam_to_world_points", "depth_to_world_points", "project_points", "umeyama_sim3",
@@ -30,8 +38,9 @@ def _fmt(tail: tuple[int, ...]) -> str:
     return "(..., " + ", ".join(str(d) for d in tail) + ")"
 
 
-def _check(x: Tensor, name: str, tails: tuple[tuple[int, ...], ...]) -> None:
-    """Raise ValueError unless `x` ends with one of `tails`, e.g. `extrinsics: expected (..., 3, 4) ...`."""
+def check_shape(x: Tensor, name: str, tails: tuple[tuple[int, ...], ...]) -> None:
+    """Raise ValueError unless `x` is a tensor ending with one of `tails`, e.g. `extrinsics: expected (..., 3, 4)
+    or (..., 4, 4), got (2, 3, 3)`."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     for tail in tails:
@@ -41,13 +50,65 @@ def _check(x: Tensor, name: str, tails: tuple[tuple[int, ...], ...]) -> None:
     raise ValueError(f"{name}: expected {expected}, got {tuple(x.shape)}")
 
 
-def _check_hw(image_hw: tuple[int, int]) -> tuple[int, int]:
+def check_image_hw(image_hw: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) as two positive ints, or ValueError naming `image_hw`."""
     if len(image_hw) != 2 or any(int(v) <= 0 for v in image_hw):
         raise ValueError(f"image_hw: expected (H, W) of two positive ints, got {image_hw}")
     return int(image_hw[0]), int(image_hw[1])
 
 
+ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
+
+
+def accepts_numpy(fn: Callable[..., Tensor]) -> Callable[..., Tensor | np.ndarray]:
+    """Let a torch function of this module take NumPy arrays: positional arrays become tensors (same dtype, no
+    copy when contiguous), and the result goes back to NumPy when any argument was an array."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not any(isinstance(a, np.ndarray) for a in args):
+            return fn(*args, **kwargs)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args]
+        return fn(*tensors, **kwargs).numpy()
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------- rotations
+ROTATION_TOLERANCE = 1e-2
+"""Largest |singular value - 1| of a matrix that `nearest_rotation` accepts and re-orthonormalises: the round-off
+of float16 storage (~1e-3) and of rounded JSON stays below it; a scale, a shear or a transposed pose does not."""
+
+
+@accepts_numpy
+def nearest_rotation(M: Tensor, name: str = "rotation") -> Tensor:
+    """(..., 3, 3) nearly orthonormal -> the closest rotation U V^T (SVD), removing storage round-off.
+
+    Raises ValueError naming `name` when a matrix holds NaN/inf, is farther than `ROTATION_TOLERANCE` from a
+    rotation, or is a reflection (det < 0: a mirrored axis).
+    """
+    check_shape(M, name, ((3, 3),))
+    if not torch.isfinite(M).all():
+        raise ValueError(f"{name}: holds NaN/inf")
+    U, sv, Vh = torch.linalg.svd(M)
+    R = U @ Vh
+    det = torch.linalg.det(R)
+    bad = ((sv - 1).abs().amax(-1) > ROTATION_TOLERANCE) | (det < 0)
+    if bool(bad.any()):
+        first = bad.nonzero()[0].tolist()
+        values = [round(v, 4) for v in sv[tuple(first)].tolist()]
+        raise ValueError(
+            f"{name}: not a rotation (singular values {values}, det {float(det[tuple(first)]):.3f}; tolerance "
+            f"{ROTATION_TOLERANCE}): a scale, a shear, a mirrored axis or a transposed pose?"
+        )
+    return R
+
+
+def wxyz_to_xyzw(q: ArrayT) -> ArrayT:
+    """(..., 4) quaternions scalar first (w, x, y, z) -> the project's scalar-last order (x, y, z, w)."""
+    return q[..., [1, 2, 3, 0]]
+
+
 
 
 def rotmat_to_quat(R: Tensor) -> Tensor:
@@ -56,7 +117,7 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     Shepperd's method, batched: each element uses the branch of the largest of 4w^2, 4x^2, 4y^2, 4z^2
     (always >= 1), so it is exact near 180 degrees and differentiable everywhere.
     """
-    _check(R, "R", ((3, 3),))
+    check_shape(R, "R", ((3, 3),))
     r = R.unbind(-1)  # three columns (..., 3)
     r00, r10, r20 = r[0].unbind(-1)
     r01, r11, r21 = r[1].unbind(-1)
@@ -78,9 +139,10 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     return torch.where(q[..., 3:] < 0, -q, q)
 
 
+@accepts_numpy
 def quat_to_rotmat(q: Tensor) -> Tensor:
     """(..., 4) quaternion XYZW (normalised here) -> (..., 3, 3) rotation."""
-    _check(q, "q", ((4,),))
+    check_shape(q, "q", ((4,),))
     x, y, z, w = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
     rows = [
         1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
@@ -98,9 +160,9 @@ def extri_intri_to_pose_encoding(extrinsics: Tensor, intrinsics: Tensor, image_h
 
     [0:3] t of [R|t]; [3:7] quat(R) XYZW, w >= 0; [7] fov_h = 2 atan((H/2)/fy); [8] fov_w = 2 atan((W/2)/fx).
     """
-    _check(extrinsics, "extrinsics", _POSE)
-    _check(intrinsics, "intrinsics", ((3, 3),))
-    H, W = _check_hw(image_hw)
+    check_shape(extrinsics, "extrinsics", _POSE)
+    check_shape(intrinsics, "intrinsics", ((3, 3),))
+    H, W = check_image_hw(image_hw)
     quat = rotmat_to_quat(extrinsics[..., :3, :3])
     fov_h = 2 * torch.atan((H / 2) / intrinsics[..., 1, 1])
     fov_w = 2 * torch.atan((W / 2) / intrinsics[..., 0, 0])
@@ -114,8 +176,8 @@ def pose_encoding_to_extri_intri(pose_enc: Tensor, image_hw: tuple[int, int]) ->
 
     The principal point is put at (W/2, H/2), as the official decoder does.
     """
-    _check(pose_enc, "pose_enc", ((9,),))
-    H, W = _check_hw(image_hw)
+    check_shape(pose_enc, "pose_enc", ((9,),))
+    H, W = check_image_hw(image_hw)
     R = quat_to_rotmat(pose_enc[..., 3:7])
     extrinsics = torch.cat([R, pose_enc[..., :3, None]], -1)
     fy = (H / 2.0) / torch.tan(pose_enc[..., 7] / 2.0)
@@ -131,7 +193,7 @@ def pose_encoding_to_extri_intri(pose_enc: Tensor, image_hw: tuple[int, int]) ->
 
 def to_homogeneous(T: Tensor) -> Tensor:
     """(..., 3, 4) -> (..., 4, 4) with bottom row [0, 0, 0, 1]; a (..., 4, 4) input is returned as is."""
-    _check(T, "T", _POSE)
+    check_shape(T, "T", _POSE)
     if T.shape[-2] == 4:
         return T
     bottom = torch.zeros_like(T[..., :1, :])
@@ -139,9 +201,11 @@ def to_homogeneous(T: Tensor) -> Tensor:
     return torch.cat([T, bottom], -2)
 
 
+@accepts_numpy
 def se3_inverse(T: Tensor) -> Tensor:
-    """Closed-form inverse [R^T | -R^T t] of (..., 3, 4) or (..., 4, 4) rigid transforms; same shape back."""
-    _check(T, "T", _POSE)
+    """Closed-form inverse [R^T | -R^T t] of (..., 3, 4) or (..., 4, 4) rigid transforms; same shape back.
+    Camera-from-world <-> camera-to-world."""
+    check_shape(T, "T", _POSE)
     Rt = T[..., :3, :3].transpose(-1, -2)
     inv = torch.cat([Rt, -Rt @ T[..., :3, 3:]], -1)
     return to_homogeneous(inv) if T.shape[-2] == 4 else inv
@@ -149,15 +213,28 @@ def se3_inverse(T: Tensor) -> Tensor:
 
 def se3_compose(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for (..., 3, 4) / (..., 4, 4) transforms (leading dims broadcast); 3x4 out iff both are 3x4."""
-    _check(a, "a", _POSE)
-    _check(b, "b", _POSE)
+    check_shape(a, "a", _POSE)
+    check_shape(b, "b", _POSE)
     out = to_homogeneous(a) @ to_homogeneous(b)
     return out[..., :3, :] if a.shape[-2] == 3 and b.shape[-2] == 3 else out
 
 
+@accepts_numpy
+def relative_to_first(extrinsics: Tensor) -> Tensor:
+    """Camera-from-world (..., S, 3|4, 4) -> E_i E_0^-1 (..., S, 3, 4): the same cameras in camera 0's frame.
+    Camera 0 becomes exactly [I | 0], not up to rounding."""
+    check_shape(extrinsics, "extrinsics", _POSE)
+    if extrinsics.ndim < 3:
+        raise ValueError(f"extrinsics: expected (..., S, 3, 4), got {tuple(extrinsics.shape)}")
+    E = extrinsics[..., :3, :]
+    relative = se3_compose(E, se3_inverse(E[..., :1, :, :]))
+    first = torch.eye(3, 4, dtype=E.dtype, device=E.device).expand_as(relative[..., :1, :, :])
+    return torch.cat([first, relative[..., 1:, :, :]], -3)
+
+
 def camera_centers(extrinsics: Tensor) -> Tensor:
     """(..., 3, 4) / (..., 4, 4) camera-from-world -> (..., 3) camera centres -R^T t in world units."""
-    _check(extrinsics, "extrinsics", _POSE)
+    check_shape(extrinsics, "extrinsics", _POSE)
     R, t = extrinsics[..., :3, :3], extrinsics[..., :3, 3:]
     return -(R.transpose(-1, -2) @ t)[..., 0]
 
@@ -170,7 +247,7 @@ def depth_to_cam_points(depth: Tensor, intrinsics: Tensor) -> Tensor:
 
     Pixel (v, u) = (row, column) sits at integer coordinates: X = (u - cx) z / fx, Y = (v - cy) z / fy.
     """
-    _check(intrinsics, "intrinsics", ((3, 3),))
+    check_shape(intrinsics, "intrinsics", ((3, 3),))
     if depth.ndim < 2:
         raise ValueError(f"depth: expected (..., H, W), got {tuple(depth.shape)}")
     H, W = depth.shape[-2:]
@@ -188,8 +265,8 @@ def depth_to_cam_points(depth: Tensor, intrinsics: Tensor) -> Tensor:
 
 def cam_to_world_points(cam_points: Tensor, extrinsics: Tensor) -> Tensor:
     """cam_points (..., H, W, 3), camera-from-world (..., 3, 4) -> world points R^T (X - t) (..., H, W, 3)."""
-    _check(cam_points, "cam_points", ((3,),))
-    _check(extrinsics, "extrinsics", _POSE)
+    check_shape(cam_points, "cam_points", ((3,),))
+    check_shape(extrinsics, "extrinsics", _POSE)
     if cam_points.ndim < 3:
         raise ValueError(f"cam_points: expected (..., H, W, 3), got {tuple(cam_points.shape)}")
     R, t = extrinsics[..., :3, :3], extrinsics[..., None, None, :3, 3]
@@ -211,9 +288,9 @@ def project_points(points_world: Tensor, extrinsics: Tensor, intrinsics: Tensor)
 
     No clipping: points with z <= 0 give non-finite or mirrored uv; mask them with `z > 0`.
     """
-    _check(points_world, "points_world", ((3,),))
-    _check(extrinsics, "extrinsics", _POSE)
-    _check(intrinsics, "intrinsics", ((3, 3),))
+    check_shape(points_world, "points_world", ((3,),))
+    check_shape(extrinsics, "extrinsics", _POSE)
+    check_shape(intrinsics, "intrinsics", ((3, 3),))
     R, t = extrinsics[..., None, :3, :3], extrinsics[..., None, :3, 3]  # (..., 1, 3, 3): broadcast over N
     cam = (R @ points_world[..., None])[..., 0] + t  # (..., N, 3)
     pix = (intrinsics[..., None, :, :] @ cam[..., None])[..., 0]  # (..., N, 3) homogeneous pixels
@@ -232,7 +309,7 @@ def umeyama_sim3(
     src, dst (..., N, 3); weights (..., N) >= 0 or None (uniform) -> scale (...), R (..., 3, 3), t (..., 3).
     with_scale=False gives the rigid (Kabsch) fit with scale = 1.
     """
-    _check(src, "src", ((3,),))
+    check_shape(src, "src", ((3,),))
     if dst.shape != src.shape:
         raise ValueError(f"dst: expected the shape of src {tuple(src.shape)}, got {tuple(dst.shape)}")
     if weights is None:
@@ -273,7 +350,7 @@ def normalize_clip(batch: dict) -> dict:
         if key not in batch:
             raise ValueError(f"batch: missing key {key!r}, needs {_NORM_KEYS[:3]}")
     extr, world, masks = batch["extrinsics"], batch["world_points"], batch["point_masks"]
-    _check(extr, "extrinsics", _POSE)
+    check_shape(extr, "extrinsics", _POSE)
     if extr.ndim != 4:
         raise ValueError(f"extrinsics: expected (B, S, 3, 4) or (B, S, 4, 4), got {tuple(extr.shape)}")
     B, S = extr.shape[:2]
@@ -292,7 +369,7 @@ def normalize_clip(batch: dict) -> dict:
     masks = masks & first_ok[:, None, None, None]
 
     first = extr[:, :1]  # (B, 1, 3|4, 4): camera 0 of each clip
-    new_extr = se3_compose(extr[..., :3, :], se3_inverse(first[..., :3, :]))  # (B, S, 3, 4)
+    new_extr = relative_to_first(extr)  # (B, S, 3, 4)
     R0, t0 = first[:, 0, :3, :3], first[:, 0, :3, 3]  # (B, 3, 3), (B, 3)
     identity = torch.eye(3, 4, dtype=extr.dtype, device=extr.device).expand(B, 3, 4)
     already_first = torch.equal(first[:, 0, :3, :], identity)

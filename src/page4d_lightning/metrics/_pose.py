@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from page4d_lightning.geometry import se3_compose, se3_inverse, umeyama_sim3
+from page4d_lightning.geometry import check_shape, se3_compose, se3_inverse, umeyama_sim3
 
 __all__ = ["POSE_KEYS", "pose_errors", "relative_pose_angle_errors", "pose_auc"]
 
@@ -39,9 +39,9 @@ _STATIC_EPS = 100.0  # x float eps of the input dtype: centre spread below this 
 def _check_pair(pred: Tensor, gt: Tensor) -> None:
     """Shapes (..., S, 3|4, 4), equal leading dims, S >= 2; errors name the argument."""
     for x, name in ((pred, "pred_extrinsics"), (gt, "gt_extrinsics")):
-        if not isinstance(x, Tensor) or x.ndim < 3 or tuple(x.shape[-2:]) not in ((3, 4), (4, 4)):
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{name}: expected (S, 3, 4) or (S, 4, 4), got {got}")
+        check_shape(x, name, ((3, 4), (4, 4)))
+        if x.ndim < 3:
+            raise ValueError(f"{name}: expected (..., S, 3, 4) or (..., S, 4, 4), got {tuple(x.shape)}")
     if pred.shape[:-2] != gt.shape[:-2]:
         raise ValueError(
             f"pred_extrinsics: expected the leading dims of gt_extrinsics {tuple(gt.shape[:-2])}, "

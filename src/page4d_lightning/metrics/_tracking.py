@@ -22,6 +22,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from page4d_lightning.geometry import check_image_hw, check_shape
+
 __all__ = ["TRACKING_THRESHOLDS", "TRACKING_KEYS", "tracking_errors"]
 
 TRACKING_THRESHOLDS = (1, 2, 4, 8, 16)
@@ -45,8 +47,9 @@ def _check_inputs(
     track_mask: Tensor | None,
 ) -> tuple[int, int]:
     """Shapes as `tracking_errors` documents; errors name the argument. Returns (H, W)."""
-    if not isinstance(pred_tracks, Tensor) or pred_tracks.ndim < 3 or pred_tracks.shape[-1] != 2:
-        raise ValueError(f"pred_tracks: expected (S, N, 2), got {_shape(pred_tracks)}")
+    check_shape(pred_tracks, "pred_tracks", ((2,),))
+    if pred_tracks.ndim < 3:
+        raise ValueError(f"pred_tracks: expected (..., S, N, 2), got {_shape(pred_tracks)}")
     if not isinstance(gt_tracks, Tensor) or gt_tracks.shape != pred_tracks.shape:
         raise ValueError(f"gt_tracks: expected the shape of pred_tracks {tuple(pred_tracks.shape)}, "
                          f"got {_shape(gt_tracks)}")
@@ -56,9 +59,7 @@ def _check_inputs(
     per_track = tuple(pred_tracks.shape[:-3] + pred_tracks.shape[-2:-1])  # (..., N)
     if track_mask is not None and (not isinstance(track_mask, Tensor) or tuple(track_mask.shape) != per_track):
         raise ValueError(f"track_mask: expected {per_track}, got {_shape(track_mask)}")
-    if len(image_hw) != 2 or any(int(v) <= 0 for v in image_hw):
-        raise ValueError(f"image_hw: expected (H, W) of two positive ints, got {image_hw}")
-    return int(image_hw[0]), int(image_hw[1])
+    return check_image_hw(image_hw)
 
 
 def _visible(x: Tensor, threshold: float) -> Tensor:
