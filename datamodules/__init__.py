@@ -14,12 +14,11 @@ import datamodules.mixture
 import datamodules.packed
 import datamodules.pointodyssey
 import datamodules.spring
+import datamodules.synthetic
 import datamodules.waymo  # noqa: F401
 from datamodules.base import DATASETS, Page4DDataModule, collate_clips, get_dataset_class, register_dataset
 from datamodules.sequence import Frame, SequenceDataset, Tracks
 from datamodules.synthetic import SyntheticDataModule, SyntheticDynamicDataset
-
-register_dataset("synthetic")(SyntheticDynamicDataset)
 
 __all__ = [
     "DATASETS",

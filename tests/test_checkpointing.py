@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-import datamodules.synthetic as synthetic
+import datamodules.synthetic.dataset as synthetic
 import page4d_lightning.checkpointing as checkpointing
 from page4d_lightning.checkpointing import AtomicCheckpointIO, atomic_torch_save, model_state_dict
 from page4d_lightning.cli import main

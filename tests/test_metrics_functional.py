@@ -103,7 +103,8 @@ def test_pose_errors_bad_input():
         pose_errors(gt[:1], gt[:1])
     with pytest.raises(ValueError, match="leading dims"):
         pose_errors(gt[:4], gt)
-    with pytest.raises(ValueError, match=r"pred_extrinsics: expected \(\.\.\., 3, 4\) or \(\.\.\., 4, 4\), got \(5, 3, 3\)"):
+    message = r"pred_extrinsics: expected \(\.\.\., 3, 4\) or \(\.\.\., 4, 4\), got \(5, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
         pose_errors(gt[..., :3], gt)
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from datamodules import DATASETS, SyntheticDataModule, SyntheticDynamicDataset
-from datamodules.synthetic_render import cast_rays, intrinsics_for, render
-from datamodules.synthetic_scene import BOX, SPHERE
+from datamodules.synthetic.render import cast_rays, intrinsics_for, render
+from datamodules.synthetic.scene import BOX, SPHERE
 from page4d_lightning.geometry import (
     cam_to_world_points,
     depth_to_cam_points,

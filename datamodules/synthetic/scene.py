@@ -38,7 +38,7 @@ class Scene:
     Texture of local coords x (metres), per primitive: colours color_a, color_b (P, 3) in [0, 1] mixed by a
     3D checker of checker_freq (P,) cycles/m shifted by checker_offset (P, 3), modulated by the noise
     mean(wave(noise_k . x + noise_phase)) with noise_k (P, NOISE_WAVES, 3) rad/m (oriented stripes at several
-    scales; wave: 2 pi-periodic, see `synthetic_render._shade`); face_tint (P, 3, 3) [channel, axis]: colour
+    scales; wave: 2 pi-periodic, see `render._shade`); face_tint (P, 3, 3) [channel, axis]: colour
     gain 1 + tint @ n_local gives each box face its own colour. Light: light_dir (3,) unit towards the light,
     ambient in (0, 1).
     Camera: cam_rotations (S, 3, 3) world-from-camera, OpenCV axes; cam_centers (S, 3); fov_x radians.

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from datamodules.synthetic_scene import SPHERE, Scene
+from datamodules.synthetic.scene import SPHERE, Scene
 
 EPS = 1e-4  # metres: smallest ray parameter counted as a hit
 _SHIFT = 256.0  # even integer added to texture coordinates: keeps them positive for floor / frac, same pattern

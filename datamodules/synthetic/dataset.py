@@ -1,7 +1,7 @@
 """Synthetic dynamic scenes with exact ground truth: the project's embedded default dataset (no files).
 
 A clip is a random room with furniture and 1-4 independently moving textured objects, seen by a moving
-camera (`datamodules.synthetic_scene`), ray-cast and shaded (`datamodules.synthetic_render`). This module
+camera (`datamodules.synthetic.scene`), ray-cast and shaded (`datamodules.synthetic.render`). This module
 follows surface points as 2D tracks and wraps it all in `SyntheticDynamicDataset` (and its DataModule).
 Every value is exact: depths, points and tracks come from the analytic geometry, not from estimation.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import Page4DDataModule
+from datamodules.base import Page4DDataModule, register_dataset
 from datamodules.sequence import parse_clip_key
-from datamodules.synthetic_render import EPS, cast_rays, intrinsics_for, render
-from datamodules.synthetic_scene import Scene, sample_scene
+from datamodules.synthetic.render import EPS, cast_rays, intrinsics_for, render
+from datamodules.synthetic.scene import Scene, sample_scene
 from datamodules.transforms import output_size
 from page4d_lightning.geometry import normalize_sample
 from page4d_lightning.types import Sample
@@ -85,6 +85,7 @@ def clip_generator(seed: int, split: str, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
+@register_dataset("synthetic")
 class SyntheticDynamicDataset(Dataset):
     """Procedural dynamic rooms with exact GT: one clip = S frames of a moving camera and 1-4 moving objects.
 
