@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE4D = Path(sys.executable).with_name("page4d")  # the console script of the environment running the tests
 
@@ -39,3 +41,21 @@ def start_page4d(*args: str, cwd: Path) -> subprocess.Popen:
 def explain(process: subprocess.CompletedProcess) -> str:
     """The tail of a failed process's output, for assertion messages."""
     return f"exit {process.returncode}\n{(process.stdout or '')[-3000:]}\n{(process.stderr or '')[-6000:]}"
+
+
+def experiment_copy(name: str, folder: Path, replacements: dict[str, str] | None = None) -> Path:
+    """experiments/<name>.yaml copied into `folder` with text `replacements` applied (each must occur) and its
+    `base:` configs made absolute, so that the copy composes the same bases from anywhere."""
+    source = ROOT / "experiments" / f"{name}.yaml"
+    text = source.read_text()
+    for old, new in (replacements or {}).items():
+        assert old in text, f"{source}: no {old!r}"
+        text = text.replace(old, new)
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("base:"):
+            bases = yaml.safe_load(line)["base"]
+            lines[i] = "base: [" + ", ".join(str(source.parent / b) for b in bases) + "]\n"
+    path = folder / f"{name}_copy.yaml"
+    path.write_text("".join(lines))
+    return path

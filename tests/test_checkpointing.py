@@ -20,6 +20,7 @@ from page4d_lightning.checkpointing import AtomicCheckpointIO, atomic_torch_save
 from page4d_lightning.cli import main
 from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
 from page4d_lightning.module import Page4DModule
+from tests.page4d_process import experiment_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "reference" / "page4d_state_dict_keys.json.gz"
@@ -41,14 +42,9 @@ def _one_thread():
 def _tiny_experiment(folder: Path) -> str:
     """experiments/synthetic.yaml with 2 training clips (an epoch = 2 steps), 2 val/test clips and a mask
     schedule that moves within 4 steps (hold 1, end 5)."""
-    text = (ROOT / "experiments" / "synthetic.yaml").read_text()
-    for old, new in (("num_clips: 16", "num_clips: 2"), ("num_clips: 2000", "num_clips: 2"),
-                     ("hold: 100", "hold: 1"), ("end: 160", "end: 5")):
-        assert old in text, old
-        text = text.replace(old, new)
-    path = folder / "synthetic_tiny.yaml"
-    path.write_text(text)
-    return str(path)
+    replacements = {"num_clips: 16": "num_clips: 2", "num_clips: 2000": "num_clips: 2", "hold: 100": "hold: 1",
+                    "end: 160": "end: 5"}
+    return str(experiment_copy("synthetic", folder, replacements))
 
 
 def _fit(folder: Path, *extra: str) -> None:

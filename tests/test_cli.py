@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning.pytorch.cli import LightningCLI
+import yaml
 
-from datamodules import Page4DDataModule
-from page4d_lightning.cli import main
-from page4d_lightning.module import Page4DModule
+from page4d_lightning.cli import expand_config_bases, main
+from tests.page4d_process import experiment_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -23,31 +22,52 @@ SMALL += ["--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0
 def _small_experiment(tmp_path: Path) -> str:
     """experiments/synthetic.yaml with 2-clip val/test splits (`--trainer.limit_val_batches 1` would
     parse as the float 1.0, i.e. all batches, so the splits themselves are made small)."""
-    text = (ROOT / "experiments" / "synthetic.yaml").read_text()
-    assert text.count("num_clips: 16") == 2
-    path = tmp_path / "synthetic_small.yaml"
-    path.write_text(text.replace("num_clips: 16", "num_clips: 2"))
-    return str(path)
-
-
-class ParseOnlyCLI(LightningCLI):
-    """Parses and validates a configuration without building the model (the full preset is 1.2 B params)."""
-
-    def instantiate_classes(self) -> None:
-        pass
+    return str(experiment_copy("synthetic", tmp_path, {"num_clips: 16": "num_clips: 2"}))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_every_experiment_parses(path: Path) -> None:
-    cli = ParseOnlyCLI(Page4DModule, Page4DDataModule, subclass_mode_data=True, run=False, args=["--config", str(path)])
-    assert cli.config["model"]["preset"] in ("tiny", "vggt_1b")
-    assert "class_path" in cli.config["data"]
+def test_every_experiment_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each experiment resolves (its `base:` configs composed, `${trainer.default_root_dir}` interpolated) and
+    writes every output of the run into the one folder it names."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exc.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["preset"] in ("tiny", "vggt_1b")
+    assert "class_path" in config["data"]
+    root = config["trainer"]["default_root_dir"]
+    assert root == f"checkpoints/{path.stem}"
+    dirpaths = [c["init_args"]["dirpath"] for c in config["trainer"]["callbacks"] if "dirpath" in c["init_args"]]
+    assert dirpaths == [root, root] and config["trainer"]["logger"]["init_args"]["save_dir"] == root
     assert path.read_text().startswith("#"), "an experiment opens with how to run it"
 
 
+def test_the_output_folder_moves_with_one_override(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(EXPERIMENTS[0]), "--trainer.default_root_dir", "/runs/x", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert {c["init_args"].get("dirpath", "/runs/x") for c in config["trainer"]["callbacks"]} == {"/runs/x"}
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == "/runs/x"
+
+
+def test_base_configs_are_composed_before_the_experiment(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "one.yaml").write_text("trainer: {max_steps: 1}\n")
+    (tmp_path / "b" / "two.yaml").write_text("base: [one.yaml]\ntrainer: {max_steps: 2}\n")
+    (tmp_path / "exp.yaml").write_text("base: [b/two.yaml]\n")
+    args = expand_config_bases(["fit", "--config", str(tmp_path / "exp.yaml"), "--trainer.max_steps", "3"])
+    one, two, exp = (str(tmp_path / "b" / "one.yaml"), str(tmp_path / "b" / "two.yaml"), str(tmp_path / "exp.yaml"))
+    assert args == ["fit", "--config", one, "--config", two, "--config", exp, "--trainer.max_steps", "3"]
+    (tmp_path / "loop.yaml").write_text("base: [loop.yaml]\n")
+    with pytest.raises(ValueError, match="`base` loop"):
+        expand_config_bases(["--config", str(tmp_path / "loop.yaml")])
+    (tmp_path / "missing.yaml").write_text("base: [nope.yaml]\n")
+    with pytest.raises(ValueError, match="base config 'nope.yaml' not found"):
+        expand_config_bases(["--config", str(tmp_path / "missing.yaml")])
+
+
 def test_yaml_typo_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "experiments" / "synthetic.yaml").read_text().replace("  preset: tiny", "  presett: tiny"))
+    bad = experiment_copy("synthetic", tmp_path, {"  preset: tiny": "  presett: tiny"})
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(bad)])
     assert exc.value.code != 0

@@ -17,6 +17,7 @@ from datamodules import DATASETS
 from page4d_lightning.cli import main
 from page4d_lightning.tools.data import LABEL_H, TOP_MIN, clip_sheet
 from tests.data.custom.make_fixture import HOLE, write_fixture
+from tests.page4d_process import experiment_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,8 +88,7 @@ def test_validate_procedural_dataset_says_so(capsys: pytest.CaptureFixture[str])
 
 
 def test_inspect_synthetic_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "synthetic_small.yaml"
-    config.write_text((ROOT / "experiments/synthetic.yaml").read_text().replace("num_clips: 16", "num_clips: 2"))
+    config = experiment_copy("synthetic", tmp_path, {"num_clips: 16": "num_clips: 2"})
     args = ["--split", "val", "--num-clips", "4", "--out", str(tmp_path / "out")]
     small = ["--data.init_args.image_size", "56", "--data.init_args.num_frames", "2"]
     assert main(["data", "inspect", "--config", str(config), *args, *small]) == 0
@@ -132,7 +132,7 @@ def test_docs_snippet_yaml_and_default_out(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     exec(compile(re.search(r"```python\n(.*?)```", doc, re.S).group(1), "custom_data.md", "exec"), {})
     assert main(["data", "validate", "--dataset", "custom", "--root", "my_data"]) == 0
-    experiment = yaml.safe_load((ROOT / "experiments/synthetic.yaml").read_text())
+    experiment = yaml.safe_load(experiment_copy("synthetic", tmp_path).read_text())
     experiment["data"] = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))["data"]
     (tmp_path / "my_data.yaml").write_text(yaml.safe_dump(experiment))
     small = ["--data.init_args.image_size", "56", "--data.init_args.num_frames", "4"]

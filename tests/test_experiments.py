@@ -63,8 +63,11 @@ def test_pointodyssey_experiment_without_root_names_it(tmp_path: Path) -> None:
     assert run.returncode != 0 and "`root` is required" in run.stderr, explain(run)
 
 
-def test_paper_mixture_states_the_paper_shares() -> None:
-    experiment = yaml.safe_load((ROOT / "experiments" / "paper_mixture.yaml").read_text())
+def test_paper_mixture_states_the_paper_shares(tmp_path: Path) -> None:
+    run = run_page4d("fit", "--config", str(ROOT / "experiments" / "paper_mixture.yaml"), "--print_config",
+                     cwd=tmp_path)
+    assert run.returncode == 0, explain(run)
+    experiment = yaml.safe_load(run.stdout)
     components = experiment["data"]["init_args"]["train"]["components"]
     assert {name: c["weight"] for name, c in components.items()} == PAPER_MIXTURE
     assert experiment["model"]["finetune"] == "page4d" and experiment["model"]["weights"] == "checkpoints/model.pt"

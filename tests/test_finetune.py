@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from datamodules import Page4DDataModule
-from page4d_lightning.callbacks import MaskStrengthSchedule
 from page4d_lightning.cli import main
 from page4d_lightning.finetune import (
     FINETUNE_PRESETS,
@@ -71,7 +70,7 @@ class _Recorder(Callback):
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One short fine-tuning run under the PAGE-4D freeze set, with gradient clipping spied on."""
     torch.manual_seed(0)
-    module = Page4DModule(preset="tiny", finetune=_policy())
+    module = Page4DModule(preset="tiny", finetune=_policy(), mask_schedule={"hold": HOLD, "end": END})
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     requires_grad = {n: p.requires_grad for n, p in module.model.named_parameters()}
     clipped: list[dict] = []
@@ -92,7 +91,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         default_root_dir=tmp_path_factory.mktemp("run"), max_steps=STEPS, limit_val_batches=0,
-        gradient_clip_val=1.0, callbacks=[MaskStrengthSchedule(hold=HOLD, end=END), recorder],
+        gradient_clip_val=1.0, callbacks=[recorder],
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(module, "clip_gradients", spy)
@@ -177,7 +176,7 @@ def test_fit_start_logs_the_group_table(tmp_path: Path, caplog: pytest.LogCaptur
     trainer = L.Trainer(accelerator="cpu", logger=tb, enable_checkpointing=False, enable_progress_bar=False,
                         limit_train_batches=0, limit_val_batches=0, max_steps=1)
     data = Page4DDataModule("synthetic", num_frames=2, image_size=56, train={"num_clips": 1})
-    # no MaskStrengthSchedule and strength 0: the mask head can never train, and the module says so
+    # no mask_schedule and strength 0: the mask head can never train, and the module says so
     with caplog.at_level(logging.INFO, logger="page4d_lightning.module"), pytest.warns(
         UserWarning, match="'mask_head' follows the mask strength, which is 0 from step 0"
     ):
@@ -290,3 +289,28 @@ def test_analyze_layers_ranks_every_block(tmp_path: Path, capsys: pytest.Capture
         assert r["ratio"] == pytest.approx(r["dynamic_shift"] / r["static_shift"])
         assert r["dynamic_shift"] > 0 and r["static_shift"] > 0 and r["grad_rms"] > 0
     assert rows[0]["block"] in capsys.readouterr().out
+
+
+def test_the_module_owns_the_mask_strength_in_training_and_evaluation(tmp_path: Path) -> None:
+    """Training steps follow `mask_schedule`, validation runs at its `eval_strength`, and the LR gating of the mask
+    head reads the same schedule (no callback involved)."""
+    seen: dict[str, list[float]] = {"train": [], "val": []}
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the strength of that step
+            seen["train"].append(pl_module.model.mask_strength)
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["val"].append(pl_module.model.mask_strength)
+
+    module = Page4DModule(preset="tiny", mask_schedule={"hold": 1, "end": 3, "eval_strength": 0.25})
+    data = Page4DDataModule("synthetic", num_frames=2, image_size=28, train={"num_clips": 4},
+                            val={"num_clips": 1, "split": "val"})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        max_steps=4, val_check_interval=2, num_sanity_val_steps=0, callbacks=[Probe()],
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert seen["train"] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert seen["val"] == [0.25, 0.25]
+    with pytest.raises(ValueError, match="mask_schedule: expected 0 <= hold <= end"):
+        Page4DModule(preset="tiny", mask_schedule={"hold": 5, "end": 1})

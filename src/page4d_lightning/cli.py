@@ -16,8 +16,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -66,6 +69,51 @@ def usage() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_bases(path: Path, seen: tuple[Path, ...]) -> list[str]:
+    """The configs that `path` composes (its `base:` list, relative to its folder), depth first, then `path`."""
+    resolved = path.resolve()
+    if resolved in seen:
+        raise ValueError(f"{path}: `base` loop through {' -> '.join(map(str, seen))}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return [str(path)]  # LightningCLI reports the unreadable file itself
+    bases = content.get("base") if isinstance(content, dict) else None
+    if bases is None:
+        return [str(path)]
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"{path}: `base` expected a list of config paths (relative to its folder), got {bases!r}")
+    out: list[str] = []
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ValueError(f"{path}: base config {base!r} not found (looked for {base_path})")
+        out += _config_bases(base_path, (*seen, resolved))
+    return [*out, str(path)]
+
+
+def expand_config_bases(argv: list[str]) -> list[str]:
+    """Every `--config FILE` (or `-c`) whose YAML lists `base: [...]` becomes `--config BASE ... --config FILE`:
+    the shared blocks of experiments/base/ are composed with LightningCLI's multiple `--config`, later files
+    overriding earlier ones key by key."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, sep, value = arg.partition("=")
+        if flag in ("--config", "-c") and (sep or i + 1 < len(argv)):
+            path = value if sep else argv[i + 1]
+            for config in _config_bases(Path(path), ()):
+                out += ["--config", config]
+            i += 1 if sep else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def run_tool(name: str, args: list[str]) -> int:
     """Import and call the tool subcommand `name` with `args`."""
     module_name, func_name = TOOLS[name][0].split(":")
@@ -82,6 +130,10 @@ class Page4DCLI(LightningCLI):
     - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32.
     """
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--base", type=list[str] | None, default=None,
+                            help="configs this config composes (paths relative to it); `page4d` loads them first")
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -92,7 +144,7 @@ class Page4DCLI(LightningCLI):
                 parser.error(f"--ckpt_path {ckpt_path}: {problem}; expected a Lightning checkpoint of `page4d fit`")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and os.path.isfile(ckpt_path) and config.model.get("weights"):
             logger.info("--ckpt_path %s restores the whole model: the initial weights %s are not loaded",
@@ -115,21 +167,25 @@ class Page4DCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """Build the LightningCLI over `Page4DModule` and any `Page4DDataModule` subclass."""
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[Page4DCLI] = Page4DCLI) -> LightningCLI:
+    """Build the LightningCLI over `Page4DModule` and any `Page4DDataModule` subclass (`args` with their
+    `base:` configs already expanded, see `expand_config_bases`)."""
     # imported here so that `page4d_lightning` itself never depends on the `datamodules` package
     from datamodules import Page4DDataModule
 
     # atomic checkpoint saves by default (shown by --print_config); a YAML that sets `trainer.plugins` replaces
     # this list, so it keeps AtomicCheckpointIO in it, or plugins are added with `--trainer.plugins+=CLASS`
     atomic_io = {"class_path": "page4d_lightning.checkpointing.AtomicCheckpointIO"}
-    return Page4DCLI(
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return cli_class(
         Page4DModule,
         Page4DDataModule,
         subclass_mode_data=True,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        # ${trainer.default_root_dir} in a config resolves after every --config and override is merged
+        parser_kwargs={"parser_mode": "omegaconf+"},
         trainer_defaults={"plugins": [atomic_io], "default_root_dir": DEFAULT_ROOT_DIR},
     )
 
@@ -143,7 +199,14 @@ def main(args: list[str] | None = None) -> int:
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     try:
-        build_cli(args)  # None: LightningCLI reads sys.argv itself
+        expanded = expand_config_bases(argv)
+    except ValueError as err:
+        sys.stderr.write(f"page4d: error: {err}\n")
+        return 2
+    if args is None:  # the console script: LightningCLI reads sys.argv itself
+        sys.argv[1:] = expanded
+    try:
+        build_cli(None if args is None else expanded)
     except SIGTERMException:  # the run stopped at the end of a batch and saved last.ckpt (LastCheckpoint)
         logger.warning("stopped by SIGTERM")
         return 128 + signal.SIGTERM

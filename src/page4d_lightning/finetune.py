@@ -1,4 +1,5 @@
-"""Targeted fine-tuning: the freeze policy, per-group AdamW parameter groups and their LR schedules.
+"""Targeted fine-tuning: the freeze policy, per-group AdamW parameter groups, their LR schedules and the schedule
+of the dynamics-mask strength.
 
 A policy is plain values (readable from YAML, stored in checkpoints as hyper-parameters):
 
@@ -264,6 +265,48 @@ class GroupLRScheduler(LRScheduler):
             group["lr"] = lr
 
 
+class MaskScheduleConfig(TypedDict):
+    """`Page4DModule(mask_schedule=...)`: the dynamics-bias strength over optimiser steps."""
+
+    hold: int  # strength 1 before this optimiser step
+    end: int  # strength 0 from this step on; a half cosine in between
+    eval_strength: NotRequired[float]  # validation / test strength, default 0 (the official evaluation: bias off)
+
+
+def mask_strength_at(step: int, hold: int, end: int) -> float:
+    """1 before `hold`, 0 from `end`, 0.5 (1 + cos(pi (step - hold) / (end - hold))) in between."""
+    if step < hold:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - hold) / (end - hold)))
+
+
+@dataclass(frozen=True)
+class MaskSchedule:
+    """The mask strength as a function of the optimiser step (`trainer.global_step`): the one owner of that value.
+
+    `Page4DModule` sets the model's strength from it before every training batch, uses `eval_strength` for
+    validation and test, and gates the LR of the groups marked `follows_mask_strength` with the same function
+    (`build_scheduler`). The official code counts forward passes and does not checkpoint its counter; the
+    optimiser step is restored on resume, so a resumed run continues the same schedule.
+    """
+
+    hold: int
+    end: int
+    eval_strength: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.hold <= self.end:
+            raise ValueError(f"mask_schedule: expected 0 <= hold <= end, got hold={self.hold}, end={self.end}")
+        if not 0.0 <= self.eval_strength:
+            raise ValueError(f"mask_schedule: eval_strength expected >= 0, got {self.eval_strength}")
+
+    def strength_at(self, step: int) -> float:
+        """Training strength at optimiser step `step`."""
+        return mask_strength_at(step, self.hold, self.end)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     policy: FinetunePolicy,
@@ -276,7 +319,7 @@ def build_scheduler(
     Mask gating: a group with `follows_mask_strength` gets LR exactly 0 at every step s with
     `mask_strength_at(s) == 0`, so neither its gradient (zero then: the bias is multiplied by 0) nor
     AdamW's momentum or weight decay moves it. `mask_strength_at` must be the same function of the
-    optimiser step that sets the model's strength (`MaskStrengthSchedule.strength_at`, keyed by
+    optimiser step that sets the model's strength (`MaskSchedule.strength_at`, keyed by
     `trainer.global_step`, which equals this scheduler's step count), so the two agree by construction.
     """
     total_steps = max(1, int(total_steps))

@@ -22,8 +22,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from page4d_lightning.callbacks import MaskStrengthSchedule
-from page4d_lightning.finetune import FinetuneConfig, FinetunePolicy, FinetunePreset, build_scheduler, format_table
+from page4d_lightning.finetune import (
+    FinetuneConfig,
+    FinetunePolicy,
+    FinetunePreset,
+    MaskSchedule,
+    MaskScheduleConfig,
+    build_scheduler,
+    format_table,
+)
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
 from page4d_lightning.losses import MultitaskLoss
 from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
@@ -71,7 +78,11 @@ class Page4DModule(L.LightningModule):
         weight_decay: AdamW weight decay (without `finetune`).
         warmup_fraction: linear warm-up share of the run, then cosine decay to `min_lr` (without `finetune`).
         min_lr: learning rate at the start of warm-up and at the end of the run (without `finetune`).
-        mask_strength: dynamics-bias strength used when no schedule callback sets it.
+        mask_schedule: the dynamics-bias strength over optimiser steps, `{hold, end, eval_strength}`
+            (`page4d_lightning.finetune.MaskSchedule`): 1 before `hold`, a half cosine to 0 at `end`, and
+            `eval_strength` (default 0) in validation and test. The module sets it before every batch and gates
+            the LR of the `follows_mask_strength` groups with the same function.
+        mask_strength: the constant strength in training and evaluation when there is no `mask_schedule`.
         max_bad_steps: consecutive skipped (non-finite) training steps before the run stops.
         point_metrics: also compute point-map accuracy / completeness in val/test (exact nearest-neighbour
             search: cheap on a GPU, slow on a CPU at full resolution). Tracking metrics are computed
@@ -90,6 +101,7 @@ class Page4DModule(L.LightningModule):
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
         min_lr: float = 1e-8,
+        mask_schedule: MaskScheduleConfig | None = None,
         mask_strength: float = 0.0,
         max_bad_steps: int = 20,
         point_metrics: bool = False,
@@ -100,6 +112,7 @@ class Page4DModule(L.LightningModule):
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction: expected in [0, 1), got {warmup_fraction}")
         self.save_hyperparameters()
+        self.mask_schedule = MaskSchedule(**mask_schedule) if mask_schedule is not None else None
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
         self._skip_optimizer_step = False
@@ -302,21 +315,37 @@ class Page4DModule(L.LightningModule):
             if group.follows_mask_strength and strength_at(0) == 0:
                 rank_zero_warn(
                     f"finetune group {group.name!r} follows the mask strength, which is 0 from step 0"
-                    " (no MaskStrengthSchedule callback and mask_strength=0?): its LR stays 0 and it will not train"
+                    " (no mask_schedule and mask_strength=0?): its LR stays 0 and it will not train"
                 )
         scheduler = build_scheduler(optimizer, self.finetune_policy, total, strength_at)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _mask_strength_fn(self) -> Callable[[int], float]:
-        """Mask strength as a function of the optimiser step: the `MaskStrengthSchedule` callback's, or
-        the constant `model.mask_strength` when there is none."""
-        schedules = [cb for cb in self.trainer.callbacks if isinstance(cb, MaskStrengthSchedule)]
-        if len(schedules) > 1:
-            raise ValueError(f"expected at most one MaskStrengthSchedule callback, got {len(schedules)}")
-        if schedules:
-            return schedules[0].strength_at
-        constant = self.model.mask_strength
+        """Training mask strength as a function of the optimiser step: the `mask_schedule`, or the constant
+        `mask_strength`."""
+        if self.mask_schedule is not None:
+            return self.mask_schedule.strength_at
+        constant = float(self.hparams.mask_strength)
         return lambda step: constant
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        strength = self._mask_strength_fn()(self.global_step)
+        self.model.set_mask_strength(strength)
+        if self.mask_schedule is not None:
+            self.log("train/mask_strength", strength, batch_size=1)
+
+    def _set_eval_strength(self) -> None:
+        schedule = self.mask_schedule
+        self.model.set_mask_strength(schedule.eval_strength if schedule else float(self.hparams.mask_strength))
+
+    def on_validation_start(self) -> None:
+        self._set_eval_strength()
+
+    def on_test_start(self) -> None:
+        self._set_eval_strength()
+
+    def on_predict_start(self) -> None:
+        self._set_eval_strength()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._skip_optimizer_step:
@@ -333,7 +362,7 @@ class Page4DModule(L.LightningModule):
                 if group.get("follows_mask_strength") and group["lr"] != 0.0:
                     raise RuntimeError(
                         f"step {self.global_step}: group {group.get('name')!r} has lr {group['lr']:.3g} while the"
-                        " mask strength is 0 (its LR schedule and the MaskStrengthSchedule are out of step)"
+                        " mask strength is 0 (its LR schedule and the mask schedule are out of step)"
                     )
 
     def on_fit_start(self) -> None:

@@ -88,14 +88,14 @@ def validate_main(ns: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------- inspect
 def build_datamodule(cli_args: list[str]) -> Any:
-    """The experiment's LightningDataModule, parsed exactly as `page4d fit` parses it; nothing else built."""
+    """The experiment's LightningDataModule, parsed exactly as `page4d fit` parses it (the same parser, `base:`
+    configs and interpolation); nothing else is built."""
     from jsonargparse import ArgumentParser
-    from lightning.pytorch.cli import LightningCLI
 
     from datamodules import Page4DDataModule
-    from page4d_lightning.module import Page4DModule
+    from page4d_lightning.cli import Page4DCLI, build_cli, expand_config_bases
 
-    class DataOnlyCLI(LightningCLI):
+    class DataOnlyCLI(Page4DCLI):
         """`build_cli`'s parser (and seed), instantiating only the `data` group."""
 
         def instantiate_classes(self) -> None:
@@ -105,8 +105,7 @@ def build_datamodule(cli_args: list[str]) -> Any:
             instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
             self.datamodule = instantiate(config)["data"]
 
-    cli = DataOnlyCLI(Page4DModule, Page4DDataModule, subclass_mode_data=True, args=cli_args, run=False)
-    return cli.datamodule
+    return build_cli(expand_config_bases(cli_args), run=False, cli_class=DataOnlyCLI).datamodule
 
 
 def _trails(rgb: np.ndarray, sample: dict[str, Any], frames: list[int], max_tracks: int) -> None:
