@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from common import stream_rates
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `datamodules` and `tests.data.<name>.make_fixture`
@@ -57,13 +57,6 @@ CLIP = {"num_frames": 8, "image_size": 518, "aspect_ratio": 294 / 518, "normaliz
 TARGET_SPEEDUP = 2.0
 
 
-def _one_thread(_worker_id: int) -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def _size_kwargs(writer: Any, hw: tuple[int, int]) -> dict[str, Any] | None:
     """The writer's size arguments for `hw`, or None when it has no size argument."""
     params = inspect.signature(writer).parameters
@@ -76,22 +69,6 @@ def _size_kwargs(writer: Any, hw: tuple[int, int]) -> dict[str, Any] | None:
 
 def _disk_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
-
-
-def _rate(dataset: Any, clips: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Clips/s streamed by 2 worker processes (after `warmup` clips that include the workers' start-up)."""
-    loader = DataLoader(dataset, batch_size=None, num_workers=2, worker_init_fn=_one_thread, collate_fn=lambda x: x)
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(clips):
-            next(it)
-        rates.append(clips / (time.perf_counter() - start))
-    del it
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates}
 
 
 def _decode_rate(dataset: Any, frames: list[tuple[str, int]], repeats: int) -> dict[str, Any]:
@@ -140,14 +117,14 @@ def bench_reader(name: str, hw: tuple[int, int], work: Path, quick: bool) -> dic
     frames = [(s, i) for s, n in probe.sequences.items() for i in range(n)][:16]
     result["raw_mib"] = _disk_mib(raw_root)
     result["raw_frames_per_s"] = _decode_rate(probe, frames, repeats)
-    result["raw_clips_per_s"] = _rate(cls(raw_root, **args), clips, repeats, warmup)
+    result["raw_clips_per_s"] = stream_rates(cls(raw_root, **args), clips, repeats, warmup)
     for compression in ("gzip",) if quick else ("gzip", "lzf", None):
         out = work / name / f"packed_{compression}"
         start = time.perf_counter()
         pack_dataset(probe, out, compression=compression)
         pack_s = time.perf_counter() - start
         decode = _decode_rate(PackedDataset(out, num_frames=1, split=probe.split), frames, repeats)
-        rate = _rate(PackedDataset(out, split=probe.split, **args), clips, repeats, warmup)
+        rate = stream_rates(PackedDataset(out, split=probe.split, **args), clips, repeats, warmup)
         result[f"packed_{compression or 'none'}"] = {
             "pack_frames_per_s": result["frames"] / pack_s, "mib": _disk_mib(out), "frames_per_s": decode,
             "decode_speedup": decode["median"] / result["raw_frames_per_s"]["median"], "clips_per_s": rate,

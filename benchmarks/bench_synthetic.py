@@ -21,16 +21,12 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader
+from common import stream_rates
 
 from datamodules.synthetic import SyntheticDynamicDataset
 
 CONFIG = {"num_frames": 8, "image_size": 224, "num_tracks": 64, "normalize": True, "seed": 0}
 TARGET_CLIPS_PER_S = 20.0
-
-
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 def _summary(rates: list[float]) -> dict:
@@ -68,18 +64,7 @@ def bench_in_process(clips: int, repeats: int, warmup: int, threads: int) -> dic
 
 def bench_dataloader(clips: int, repeats: int, warmup: int) -> dict:
     """Clips/s streamed by a DataLoader with 2 worker processes of 1 thread each (steady state)."""
-    ds = SyntheticDynamicDataset(**CONFIG, num_clips=warmup + clips * repeats)
-    loader = DataLoader(ds, batch_size=None, num_workers=2, worker_init_fn=_one_thread)
-    it = iter(loader)
-    for _ in range(warmup):  # includes the workers' start-up
-        next(it)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(clips):
-            next(it)
-        rates.append(clips / (time.perf_counter() - start))
-    return _summary(rates)
+    return stream_rates(SyntheticDynamicDataset(**CONFIG, num_clips=warmup + clips * repeats), clips, repeats, warmup)
 
 
 def run(quick: bool = False) -> dict:

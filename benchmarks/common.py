@@ -51,3 +51,33 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps({"environment": environment(), "result": result}, indent=2))
     return path
+
+
+def one_thread_worker(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: one torch and one OpenCV thread per worker process (2 workers, 2 cores)."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def stream_rates(dataset: Any, clips: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Clips/s that 2 one-thread DataLoader workers stream from `dataset` in steady state: `repeats` runs of
+    `clips` clips after `warmup` clips (which include the workers' start-up); median, min, max and every run."""
+    import statistics
+
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, worker_init_fn=one_thread_worker,
+                        collate_fn=lambda clip: clip)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(clips):
+            next(it)
+        rates.append(clips / (time.perf_counter() - start))
+    del it
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates}

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import register_dataset
-from datamodules.io import ClipFormatError, read_json, read_mask_png, read_rgb
+from datamodules.io import ClipFormatError, read_json, read_mask_png
 from datamodules.pytorch3d_cameras import (
     annotation_hw,
     depth_scale,
     entry_path,
+    read_annotated_frame,
     read_pytorch3d_depth,
-    viewpoint_to_opencv,
 )
 from datamodules.sequence import Frame, SequenceDataset
 
@@ -65,9 +65,6 @@ class CO3DDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         categories: list[str] | None = None,
         subset: str | None = "fewview_dev",
         min_viewpoint_quality: float | None = None,
@@ -75,7 +72,7 @@ class CO3DDataset(SequenceDataset):
     ) -> None:
         self.categories, self.subset, self.min_viewpoint_quality = categories, subset, min_viewpoint_quality
         self._frames: dict[str, list[dict[str, Any]]] = {}
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
 
     # ------------------------------------------------------------------------------------------- index
     def _category_names(self) -> list[str]:
@@ -164,13 +161,7 @@ class CO3DDataset(SequenceDataset):
         if rel is None:
             raise ClipFormatError(f"{where}: annotation has no image.path")
         image_path = self.root / rel
-        image = read_rgb(image_path)
-        if image.shape[:2] != hw:
-            raise ClipFormatError(f"{image_path}: image is {image.shape[:2]} (H, W), its annotation says {hw}")
-        try:
-            extrinsics, intrinsics = viewpoint_to_opencv(entry.get("viewpoint"), hw)
-        except ValueError as err:
-            raise ClipFormatError(f"{where}: bad viewpoint: {err}") from None
+        image, extrinsics, intrinsics = read_annotated_frame(image_path, entry, hw, where)
         return Frame(image, intrinsics, extrinsics, self._depth(entry, hw), np.zeros(hw, bool), str(image_path))
 
     def _depth(self, entry: dict[str, Any], hw: tuple[int, int]) -> np.ndarray | None:

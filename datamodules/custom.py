@@ -167,9 +167,6 @@ class CustomDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         metric: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -177,7 +174,7 @@ class CustomDataset(SequenceDataset):
         self._images: dict[str, list[Path]] = {}
         self._cameras: dict[str, dict[str, Any] | str] = {}  # sequence -> camera table, or its error message
         self._sizes: dict[str, tuple[int, int]] = {}  # sequence -> (h, w) of its first image
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
 
     # ------------------------------------------------------------------------------------ layout
     def _sequence_names(self) -> list[str]:

@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from datamodules.base import register_dataset
-from datamodules.io import ClipFormatError, read_json, read_mask_png, read_rgb, require_file
+from datamodules.io import ClipFormatError, read_json, read_mask_png, require_file
 from datamodules.pytorch3d_cameras import (
     annotation_hw,
     depth_scale,
     entry_path,
+    read_annotated_frame,
     read_pytorch3d_depth,
     screen_to_opencv,
-    viewpoint_to_opencv,
 )
 from datamodules.sequence import Frame, SequenceDataset, Tracks
 
@@ -110,9 +110,6 @@ class DynamicReplicaDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         camera: str = "left",
         min_depth: float = 1e-5,
         **kwargs: Any,
@@ -121,7 +118,7 @@ class DynamicReplicaDataset(SequenceDataset):
             raise ValueError(f"camera: expected one of {CAMERAS}, got {camera!r}")
         self.camera, self.min_depth = camera, min_depth
         self._frames: dict[str, list[dict[str, Any]]] = {}
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
 
     @property
     def split_dir(self) -> Path:
@@ -174,13 +171,7 @@ class DynamicReplicaDataset(SequenceDataset):
         image_path = self._file(entry, "image")
         if image_path is None:
             raise ClipFormatError(f"{where}: annotation has no image.path")
-        image = read_rgb(image_path)
-        if image.shape[:2] != hw:
-            raise ClipFormatError(f"{image_path}: image is {image.shape[:2]} (H, W), its annotation says {hw}")
-        try:
-            extrinsics, intrinsics = viewpoint_to_opencv(entry.get("viewpoint"), hw)
-        except ValueError as err:
-            raise ClipFormatError(f"{where}: bad viewpoint: {err}") from None
+        image, extrinsics, intrinsics = read_annotated_frame(image_path, entry, hw, where)
         depth = None
         depth_path = self._file(entry, "depth")
         if depth_path is not None:

@@ -135,9 +135,6 @@ class KubricDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         dynamic_masks: bool = True,
         motion_window: int | None = None,
         motion_threshold: float = 0.01,
@@ -149,7 +146,7 @@ class KubricDataset(SequenceDataset):
         self.dynamic_masks = dynamic_masks
         self.motion_threshold, self.rotation_threshold = motion_threshold, rotation_threshold
         self._meta: dict[str, dict[str, Any]] = {}
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
         self.motion_window = motion_window or self.max_clip_span()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -68,9 +68,6 @@ class PointOdysseyDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         dynamic_masks: bool = True,
         motion_window: int | None = None,
         motion_threshold: float = 0.05,
@@ -87,7 +84,7 @@ class PointOdysseyDataset(SequenceDataset):
         self.dynamic_masks, self.motion_threshold = dynamic_masks, motion_threshold
         self.dynamic_fraction, self.cache_sequences = dynamic_fraction, cache_sequences
         self._anno: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
         self.motion_window = motion_window or self.max_clip_span()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.io import ClipFormatError, read_float16_png
+from datamodules.io import ClipFormatError, read_float16_png, read_rgb
 from page4d_lightning.geometry import nearest_rotation
 
 __all__ = [
@@ -150,3 +150,17 @@ def read_pytorch3d_depth(path: str | Path, scale_adjustment: float = 1.0, min_de
     depth = read_float16_png(path) * np.float32(scale)
     depth[~np.isfinite(depth) | (depth <= min_depth)] = 0.0
     return depth
+
+
+def read_annotated_frame(image_path: Path, entry: dict[str, Any], hw: tuple[int, int], where: str
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB image, OpenCV extrinsics (3, 4), pixel intrinsics (3, 3)) of one CO3D / Dynamic Replica frame
+    annotation; ClipFormatError when the image size disagrees with the annotation or the viewpoint is bad."""
+    image = read_rgb(image_path)
+    if image.shape[:2] != hw:
+        raise ClipFormatError(f"{image_path}: image is {image.shape[:2]} (H, W), its annotation says {hw}")
+    try:
+        extrinsics, intrinsics = viewpoint_to_opencv(entry.get("viewpoint"), hw)
+    except ValueError as err:
+        raise ClipFormatError(f"{where}: bad viewpoint: {err}") from None
+    return image, extrinsics, intrinsics

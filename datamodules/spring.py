@@ -68,9 +68,6 @@ class SpringDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         sky_mask: bool = True,
         baseline: float = SPRING_BASELINE,
         **kwargs,
@@ -80,7 +77,7 @@ class SpringDataset(SequenceDataset):
         self.sky_mask, self.baseline = sky_mask, baseline
         self._tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # seq -> (intrinsics (N, 4), extrinsics (N, 16))
         self._has_depth: dict[str, bool] = {}
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
 
     def _seq_dir(self, seq: str) -> Path:
         return self.root / self.split / seq

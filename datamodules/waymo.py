@@ -68,9 +68,6 @@ class WaymoDataset(SequenceDataset):
     def __init__(
         self,
         root: str | None = None,
-        num_frames: int = 8,
-        image_size: int = 518,
-        normalize: bool = True,
         cameras: list[int] | tuple[int, ...] = CAMERA_IDS,
         skip_invalid: bool = True,
         **kwargs,
@@ -80,7 +77,7 @@ class WaymoDataset(SequenceDataset):
             raise ValueError(f"cameras: expected a non-empty subset of {list(CAMERA_IDS)}, got {list(cameras)}")
         self.cameras, self.skip_invalid = tuple(sorted(set(cameras))), skip_invalid
         self._frames: dict[str, tuple[str, int, list[str]]] = {}  # seq -> (segment, camera, frame numbers)
-        super().__init__(root, num_frames, image_size, normalize, **kwargs)
+        super().__init__(root, **kwargs)  # num_frames, image_size, normalize, split, ...: SequenceDataset's
 
     def find_sequences(self) -> dict[str, int]:
         invalid_path = self.root / "invalid_files.h5"

@@ -30,13 +30,7 @@ FOUR_STEPS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
 OUT = Path("checkpoints") / "synthetic"  # the experiment's ModelCheckpoint dirpath, relative to the run folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and it keeps the 2-core machine usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_experiment(folder: Path) -> str:

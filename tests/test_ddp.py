@@ -23,13 +23,7 @@ SLURM = sorted((ROOT / "experiments" / "slurm").glob("*.sbatch"))
 MASK_HEAD = "aggregator.spatial_mask_head."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and it keeps the 2-core machine usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _worker_module():

@@ -186,24 +186,6 @@ class SyntheticDataModule(Page4DDataModule):
     """`Page4DDataModule` over `SyntheticDynamicDataset` (no root). Per-split dicts set the dataset's other
     arguments, e.g. `{"num_clips": 16, "seed": 1, "split": "val"}`; None disables that split."""
 
-    def __init__(
-        self,
-        num_frames: int = 8,
-        image_size: int = 224,
-        normalize: bool = True,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        train: dict[str, Any] | None = None,
-        val: dict[str, Any] | None = None,
-        test: dict[str, Any] | None = None,
-        predict: dict[str, Any] | None = None,
-        pin_memory: bool = False,
-        clip_shapes: dict[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            dataset="synthetic", root=None, num_frames=num_frames, image_size=image_size, normalize=normalize,
-            batch_size=batch_size, num_workers=num_workers, train=train, val=val, test=test, predict=predict,
-            pin_memory=pin_memory, clip_shapes=clip_shapes, seed=seed,
-        )
-
+    def __init__(self, image_size: int = 224, **kwargs: Any) -> None:
+        """`image_size` defaults to 224 here; every other argument is `Page4DDataModule`'s."""
+        super().__init__(dataset="synthetic", root=None, image_size=image_size, **kwargs)
