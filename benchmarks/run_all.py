@@ -20,6 +20,7 @@ BENCHMARKS = {
     "synthetic_clips": "bench_synthetic",
     "train_step_tiny": "bench_train_step",
     "model": "bench_model",
+    "memory": "bench_memory",
     "metrics": "bench_metrics",
     "datasets": "bench_datasets",
     "finetune": "bench_finetune",

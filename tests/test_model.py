@@ -228,3 +228,30 @@ def test_models_import_without_lightning():
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)}, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_aggregator_keeps_only_the_layers_the_heads_read(small_images):
+    """Memory: of the 24 aggregator outputs the heads read 4 (+ the last for the camera); the others are dropped
+    as soon as the next block has run. The kept ones equal those of a forward that keeps everything."""
+    torch.manual_seed(0)
+    model = PAGE4D(PAGE4DConfig.tiny(enable_track=True)).eval()
+    depth = model.aggregator.depth
+    dpt_layers = {i % depth for i in model.depth_head.intermediate_layer_idx}
+    assert model.layers_read() == dpt_layers | {depth - 1} and len(model.layers_read()) < depth
+    kept: list[list[int]] = []
+    model.aggregator.register_forward_hook(lambda _m, _i, out: kept.append([i for i, t in enumerate(out[0])
+                                                                            if t is not None]))
+    query = torch.tensor([[10.0, 12.0], [20.0, 5.0]])
+    with torch.no_grad():
+        model(small_images)
+        model(small_images, query_points=query)
+        everything, _, _ = model.aggregator(small_images)
+        only_read, _, _ = model.aggregator(small_images, keep_layers=model.layers_read())
+    assert kept[0] == sorted(model.layers_read())
+    track_layers = {i % depth for i in model.track_head.feature_extractor.intermediate_layer_idx}
+    assert kept[1] == sorted(model.layers_read(query) | track_layers)
+    for i in range(depth):
+        if i in model.layers_read():
+            assert torch.equal(only_read[i], everything[i])
+        else:
+            assert only_read[i] is None and everything[i] is not None

@@ -8,7 +8,7 @@ blocks in `bias_blocks` add the rank-1 bias `mask_scale * strength * m_j` (see `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
@@ -31,10 +31,12 @@ def slice_expand_and_flatten(token: torch.Tensor, batch: int, frames: int) -> to
 
 
 class Aggregator(nn.Module):
-    """images (B, S, 3, H, W) in [0, 1] -> (list of `depth` tensors (B, S, P, 2C), patch_start_idx, m).
+    """images (B, S, 3, H, W) in [0, 1] -> (list of `depth` entries (B, S, P, 2C), patch_start_idx, m).
 
     Each list entry concatenates the frame-block and global-block outputs of one depth index;
-    m (B, S, H/p * W/p) is the mask value of `SpatialMaskHead`.
+    m (B, S, H/p * W/p) is the mask value of `SpatialMaskHead`. `forward(images, keep_layers)` keeps only the
+    entries whose index is in `keep_layers` (the others are None, so indices keep their meaning): the heads
+    read 4 of the 24, and each entry of the full preset holds S x P x 2048 values.
     """
 
     def __init__(
@@ -116,8 +118,12 @@ class Aggregator(nn.Module):
         special = pos.new_zeros(n, self.patch_start_idx, 2)
         return torch.cat([special, pos], dim=1)
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, keep_layers: Collection[int] | None = None
+    ) -> tuple[list[torch.Tensor | None], int, torch.Tensor]:
+        """`keep_layers`: depth indices whose output to return (negative counts from the end); None: all."""
         batch, frames, _, height, width = images.shape
+        keep = set(range(self.depth)) if keep_layers is None else {i % self.depth for i in keep_layers}
         h, w = height // self.patch_size, width // self.patch_size
         images = (images - self._resnet_mean) / self._resnet_std
         patch_tokens = self.patch_embed(images.reshape(batch * frames, 3, height, width))  # (B*S, h*w, C)
@@ -141,7 +147,7 @@ class Aggregator(nn.Module):
         # zero, not missing, gradients); without gradients strength 0 runs plain attention.
         use_bias = self.mask_strength != 0.0 or torch.is_grad_enabled()
         m = bias = None
-        outputs = []
+        outputs: list[torch.Tensor | None] = []
         for i in range(self.depth):
             tokens = tokens.reshape(batch * frames, num_tokens, dim)  # (B, S*P, C) -> (B*S, P, C)
             tokens = self._run(self.frame_blocks[i], tokens, pos)
@@ -156,5 +162,5 @@ class Aggregator(nn.Module):
             else:
                 tokens = self._run(self.global_blocks[i], tokens, pos_global)
             global_out = tokens.reshape(batch, frames, num_tokens, dim)
-            outputs.append(torch.cat([frame_out, global_out], dim=-1))  # (B, S, P, 2C)
+            outputs.append(torch.cat([frame_out, global_out], dim=-1) if i in keep else None)  # (B, S, P, 2C)
         return outputs, self.patch_start_idx, m

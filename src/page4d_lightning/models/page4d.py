@@ -240,10 +240,24 @@ class PAGE4D(nn.Module):
                 )
         return images, query_points
 
+    def layers_read(self, query_points: torch.Tensor | None = None) -> set[int]:
+        """Aggregator depth indices that this forward's heads read: the DPT heads' `intermediate_layer_idx`, the
+        last one for the camera head, and the track head's when there are query points. Only those are kept."""
+        depth = self.aggregator.depth
+        layers = {depth - 1} if self.camera_head is not None else set()
+        heads = [self.depth_head, self.point_head]
+        if query_points is not None:
+            heads.append(self.track_head)
+        for head in heads:
+            if head is not None:
+                dpt = getattr(head, "feature_extractor", head)  # the track head reads through a DPT extractor
+                layers |= {i % depth for i in dpt.intermediate_layer_idx}
+        return layers
+
     def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:
         """images (S, 3, H, W) or (B, S, 3, H, W) in [0, 1]; query_points (N, 2) or (B, N, 2) pixels."""
         images, query_points = self._check_inputs(images, query_points)
-        tokens_list, patch_start_idx, m = self.aggregator(images)
+        tokens_list, patch_start_idx, m = self.aggregator(images, keep_layers=self.layers_read(query_points))
         batch, frames, _, height, width = images.shape
         p = self.config.patch_size
         out: Predictions = {}
