@@ -81,8 +81,10 @@ def _spawn(spec: dict, threads: int) -> dict:
 
 
 def _slope(points: dict[int, float]) -> tuple[float, float]:
-    """Least-squares line (MiB per frame, intercept MiB) through {S: MiB}."""
+    """Least-squares line (MiB per frame, intercept MiB) through {S: MiB}; through the origin for one point."""
     xs, ys = list(points), list(points.values())
+    if len(xs) == 1:
+        return ys[0] / xs[0], 0.0
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
