@@ -14,9 +14,9 @@ Implementations:
 - `official`: PAGE-4D's released model (kaichen-z/PAGE4D `model/page`), when `--official DIR` names the folder
   that holds its `page` package (it needs `einops` and `huggingface_hub` importable). It is never shipped here.
 
-Projection: the per-frame slope of `ours` (a least-squares line over S) is scaled to 518x518 inputs in bf16 on
-a GPU: x 1374/261 tokens per frame (37x37 vs 16x16 patches, + 5 special tokens), / 2 bytes per value; plus the
-bf16 weights. It assumes activations stay linear in tokens (fused attention never materialises S*P x S*P).
+Projection (`project`, per implementation): the least-squares line over S is scaled to 518x518 inputs in bf16
+on a GPU: x 1374/261 tokens per frame (37x37 vs 16x16 patches, + 5 special tokens), / 2 bytes per value; plus
+the bf16 weights. It assumes activations stay linear in tokens (fused attention never materialises S*P x S*P).
 """
 
 from __future__ import annotations
@@ -91,6 +91,21 @@ def _slope(points: dict[int, float]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
+def project(activation_mb: dict[int, float], parameters: int) -> dict:
+    """GPU memory at 518x518 in bf16 from CPU fp32 figures at 224x224: the line through {S: MiB} scaled by the
+    tokens per frame (x 1374/261, heads' chunk buffers included) and halved for bf16, plus the bf16 weights;
+    returns MiB per frame, the fixed part, and the frames that fit in 24 and 80 GiB."""
+    slope, intercept = _slope(activation_mb)
+    scale = TOKENS_518 / TOKENS_224 / 2
+    weights = parameters * 2 / 2**20
+    fixed = weights + max(intercept, 0.0) * scale
+    return {
+        "mb_per_frame": round(slope * scale, 1), "fixed_mb": round(fixed, 1),
+        **{f"frames_in_{g}_gib": int((g * 1024 - fixed) / (slope * scale)) for g in GPU_GIB},
+        "assumes": "activations linear in tokens (fused attention), no track head, batch 1",
+    }
+
+
 def run(quick: bool = False, frames: tuple[int, ...] | None = None, preset: str | None = None,
         official: str | None = None, threads: int = 2) -> dict:
     frames = frames or ((2, 4) if quick else (8, 16, 32))
@@ -109,16 +124,8 @@ def run(quick: bool = False, frames: tuple[int, ...] | None = None, preset: str 
                                       table.items()}}
     baseline = "official" if official else "ours_all_layers"
     result["ratio_to_" + baseline] = {str(s): round(table["ours"][s] / table[baseline][s], 3) for s in frames}
-    slope, intercept = _slope(table["ours"])
-    per_frame_gpu = slope * TOKENS_518 / TOKENS_224 / 2  # MiB per 518x518 frame in bf16
-    weights_mb = parameters * 2 / 2**20
-    result["ours_slope_mb_per_frame"] = round(slope, 1)
-    result["ours_intercept_mb"] = round(intercept, 1)
-    result["projection_518_bf16"] = {
-        "mb_per_frame": round(per_frame_gpu, 1), "weights_mb": round(weights_mb, 1),
-        **{f"frames_in_{g}_gib": int((g * 1024 - weights_mb) / per_frame_gpu) for g in GPU_GIB},
-        "assumes": "activations linear in tokens (fused attention), no track head, batch 1",
-    }
+    result["ours_slope_mb_per_frame"] = round(_slope(table["ours"])[0], 1)
+    result["projection_518_bf16"] = {impl: project(rows, parameters) for impl, rows in table.items()}
     result["vggt_published"] = VGGT_PUBLISHED
     return result
 

@@ -19,4 +19,6 @@ def test_quick_memory_benchmark_measures_the_saving(tmp_path: Path) -> None:
     ours, every = result["activation_mb"]["ours"]["3"], result["activation_mb"]["ours_all_layers"]["3"]
     assert 0 < ours < every
     assert abs(result["ratio_to_ours_all_layers"]["3"] - ours / every) < 5e-3
-    assert result["projection_518_bf16"]["frames_in_80_gib"] > result["projection_518_bf16"]["frames_in_24_gib"] > 0
+    projection = result["projection_518_bf16"]
+    assert projection["ours"]["frames_in_80_gib"] > projection["ours"]["frames_in_24_gib"] > 0
+    assert projection["ours"]["mb_per_frame"] < projection["ours_all_layers"]["mb_per_frame"]
