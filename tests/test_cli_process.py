@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.page4d_process import ROOT, explain, run_page4d
 
@@ -100,3 +101,15 @@ def test_true_bf16_keeps_the_metrics_defined(trained: Path) -> None:
     for key in ("val/ate", "val/rpe_trans", "val/rpe_rot", "val/abs_rel"):
         assert math.isfinite(half[key]), key
         assert half[key] == pytest.approx(full[key], rel=0.1), key
+
+
+def test_the_config_saved_beside_a_run_parses_again(trained: Path) -> None:
+    """The experiment's `base:` configs are merged into the saved config.yaml, which names none of them again."""
+    saved = sorted((trained / "checkpoints" / "synthetic").rglob("config.yaml"))
+    assert saved, "fit writes its resolved config beside the TensorBoard events"
+    run = run_page4d("fit", "--config", str(saved[0]), "--print_config", cwd=trained)
+    assert run.returncode == 0, explain(run)
+    config = yaml.safe_load(run.stdout)
+    assert config["base"] is None and config["trainer"]["default_root_dir"] == "checkpoints/synthetic"
+    assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
+        "ModelCheckpoint", "LastCheckpoint", "LearningRateMonitor", "VisualLogger"]

@@ -145,6 +145,9 @@ class Page4DCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # the bases are merged in by now: the config.yaml saved beside the run must not name them again (relative to
+        # another folder they would not be found, and they are already part of it)
+        config.base = None
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and os.path.isfile(ckpt_path) and config.model.get("weights"):
             logger.info("--ckpt_path %s restores the whole model: the initial weights %s are not loaded",
