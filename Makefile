@@ -27,7 +27,7 @@ help: ## show this help
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet $(PIP_PINS) --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_PINS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
+	$(PY) -m pip install --quiet $(PIP_PINS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH_SPEC)
 	$(PY) -m pip install --quiet $(PIP_PINS) -e '.[test]' $(TORCH_SPEC)
 	touch $@
 

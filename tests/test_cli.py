@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from page4d_lightning.cli import expand_config_bases, main
+from page4d_lightning.cli import expand_config_bases, is_local_checkpoint_file, main
 from tests.page4d_process import experiment_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,19 @@ def test_every_experiment_parses(path: Path, capsys: pytest.CaptureFixture[str])
     assert path.read_text().startswith("#"), "an experiment opens with how to run it"
 
 
+def test_a_printed_config_runs_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--print_config` shows the merged configuration with `base: null`: saved to a file, it parses as is."""
+    experiment = str(ROOT / "experiments" / "pointodyssey.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", experiment, "--print_config"])
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["base"] is None
+    (tmp_path / "printed.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+
+
 def test_the_output_folder_moves_with_one_override(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(EXPERIMENTS[0]), "--trainer.default_root_dir", "/runs/x", "--print_config"])
@@ -57,7 +70,11 @@ def test_base_configs_are_composed_before_the_experiment(tmp_path: Path) -> None
     (tmp_path / "exp.yaml").write_text("base: [b/two.yaml]\n")
     args = expand_config_bases(["fit", "--config", str(tmp_path / "exp.yaml"), "--trainer.max_steps", "3"])
     one, two, exp = (str(tmp_path / "b" / "one.yaml"), str(tmp_path / "b" / "two.yaml"), str(tmp_path / "exp.yaml"))
-    assert args == ["fit", "--config", one, "--config", two, "--config", exp, "--trainer.max_steps", "3"]
+    assert args == ["fit", "--config", one, "--config", two, "--config", exp, "--base", "null", "--trainer.max_steps",
+                    "3"]
+    (tmp_path / "twice.yaml").write_text("base: [b/two.yaml, b/one.yaml]\n")  # one.yaml is already two's base
+    twice = expand_config_bases(["--config", str(tmp_path / "twice.yaml")])
+    assert twice == ["--config", one, "--config", two, "--config", str(tmp_path / "twice.yaml"), "--base", "null"]
     (tmp_path / "loop.yaml").write_text("base: [loop.yaml]\n")
     with pytest.raises(ValueError, match="`base` loop"):
         expand_config_bases(["--config", str(tmp_path / "loop.yaml")])
@@ -107,3 +124,12 @@ def test_make_train_unknown_experiment_lists_the_available_ones() -> None:
     assert result.returncode != 0
     assert "unknown DATASET=nope" in result.stderr
     assert "synthetic" in result.stderr
+
+
+def test_only_local_checkpoint_files_are_checked_before_loading(tmp_path: Path) -> None:
+    """Lightning resolves keywords, registry entries and remote URLs itself; only local files are checked."""
+    for lightning_resolves in ("last", "best", "hpc", "registry", "registry:team/model:latest", "s3://bucket/x.ckpt",
+                               None, ""):
+        assert not is_local_checkpoint_file(lightning_resolves), lightning_resolves
+    assert is_local_checkpoint_file(str(tmp_path / "missing.ckpt")) and is_local_checkpoint_file("runs/last.ckpt")
+

@@ -5,6 +5,7 @@ run killed while saving is removed. Each run is a `page4d` process started as a 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -54,11 +55,15 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path: Path) -> None:
     stale = [folder / ".last.ckpt.0123456789ab.tmp", folder / ".best-step=40.ckpt.ba9876543210.tmp"]
     for path in stale:
         path.write_bytes(b"half a checkpoint")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))  # left an hour ago by a killed run
+    live = folder / ".last.ckpt.0000live0000.tmp"  # another process is writing this one right now
+    live.write_bytes(b"being written")
     keep = folder / "notes.txt"
     keep.write_text("not ours")
     run = run_page4d("fit", *SMALL, "--trainer.max_steps=1", cwd=tmp_path)
     assert run.returncode == 0, explain(run)
-    assert not any(path.exists() for path in stale) and keep.exists()
+    assert not any(path.exists() for path in stale) and keep.exists() and live.exists()
+    live.unlink()
     _assert_loadable_last(tmp_path, step=1)
 
 

@@ -45,7 +45,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and self.dirpath is not None and os.path.isdir(self.dirpath):
+        if stage == "fit" and trainer.is_global_zero and self.dirpath is not None and os.path.isdir(self.dirpath):
             remove_stale_temporaries(self.dirpath, f"*{self.FILE_EXTENSION}")  # left by a run killed while saving
 
     def _save_last_state(self, trainer: L.Trainer) -> None:

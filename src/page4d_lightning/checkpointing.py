@@ -14,6 +14,7 @@ import glob
 import logging
 import os
 import pickle
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,16 +52,25 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, names: str = "*") -> list[str]:
+STALE_AFTER_S = 120.0
+"""A temporary file not written to for this long is a leftover: a live save writes to it continuously."""
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike, names: str = "*", min_age_s: float = STALE_AFTER_S
+) -> list[str]:
     """Delete the temporary files `atomic_path` left in `folder` for targets matching the glob `names`.
 
-    Such files (`.<name>.<random>.tmp`) remain only when a writer was killed (SIGKILL) while saving; only the
-    one writer of those targets calls this (rank zero for checkpoints), so no live temporary is removed.
-    Returns the removed paths.
+    Such files (`.<name>.<random>.tmp`) remain when a writer was killed (SIGKILL) while saving. Only files not
+    modified for `min_age_s` seconds are removed, so the live save of another process writing to the same folder
+    (an evaluation beside a running fit, two runs sharing a folder) is never touched. Returns the removed paths.
     """
     removed = []
+    now = time.time()
     for stale in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".{names}.*.tmp")):
         try:
+            if now - os.path.getmtime(stale) < min_age_s:
+                continue
             os.remove(stale)
         except FileNotFoundError:
             continue

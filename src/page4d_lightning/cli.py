@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fsspec.utils import get_protocol
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -50,7 +51,14 @@ TOOLS: dict[str, tuple[str, str]] = {
 returns an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
 
 CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
-"""`--ckpt_path` values that Lightning resolves itself (no file name)."""
+"""`--ckpt_path` values that Lightning resolves itself (no file name); `registry:...` too."""
+
+
+def is_local_checkpoint_file(ckpt_path: str | None) -> bool:
+    """True for a `--ckpt_path` naming a local file (not a keyword, a registry entry or a remote URL)."""
+    if not ckpt_path or str(ckpt_path) in CKPT_PATH_KEYWORDS or str(ckpt_path).startswith("registry"):
+        return False
+    return get_protocol(str(ckpt_path)) in ("file", "local")  # s3://, gs://, ...: Lightning's remote loading
 
 DEFAULT_ROOT_DIR = os.path.join("checkpoints", "default")
 """Where a run without `--config` (or without `trainer.default_root_dir`) writes, instead of the current folder."""
@@ -105,8 +113,11 @@ def expand_config_bases(argv: list[str]) -> list[str]:
         flag, sep, value = arg.partition("=")
         if flag in ("--config", "-c") and (sep or i + 1 < len(argv)):
             path = value if sep else argv[i + 1]
-            for config in _config_bases(Path(path), ()):
+            configs = list(dict.fromkeys(_config_bases(Path(path), ())))  # a base listed twice is applied once
+            for config in configs:
                 out += ["--config", config]
+            if len(configs) > 1:  # merged now: a printed or saved config must not name them again
+                out += ["--base", "null"]
             i += 1 if sep else 2
             continue
         out.append(arg)
@@ -138,7 +149,7 @@ class Page4DCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
+        if is_local_checkpoint_file(ckpt_path):
             problem = torch_file_problem(ckpt_path)
             if problem is not None:
                 parser.error(f"--ckpt_path {ckpt_path}: {problem}; expected a Lightning checkpoint of `page4d fit`")
@@ -158,7 +169,8 @@ class Page4DCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("precision") in TRUE_HALF and "precision" not in kwargs:
-            plugins = list(trainer_config.get("plugins") or [])
+            plugins = trainer_config.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, list) else [plugins]
             kwargs["plugins"] = [*plugins, InputHalfPrecision(trainer_config["precision"])]
             kwargs["precision"] = None
         callbacks = trainer_config.get("callbacks") or []
