@@ -50,8 +50,8 @@ TOOLS: dict[str, tuple[str, str]] = {
 """Tool subcommands: name -> ("module:function", one-line help); the function takes the remaining arguments and
 returns an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
 
-CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
-"""`--ckpt_path` values that Lightning resolves itself (no file name); `registry:...` too."""
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc")
+"""`--ckpt_path` values that Lightning resolves itself (no file name), besides `registry[:...]`."""
 
 
 def is_local_checkpoint_file(ckpt_path: str | None) -> bool:
@@ -59,6 +59,7 @@ def is_local_checkpoint_file(ckpt_path: str | None) -> bool:
     if not ckpt_path or str(ckpt_path) in CKPT_PATH_KEYWORDS or str(ckpt_path).startswith("registry"):
         return False
     return get_protocol(str(ckpt_path)) in ("file", "local")  # s3://, gs://, ...: Lightning's remote loading
+
 
 DEFAULT_ROOT_DIR = os.path.join("checkpoints", "default")
 """Where a run without `--config` (or without `trainer.default_root_dir`) writes, instead of the current folder."""
@@ -156,9 +157,6 @@ class Page4DCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        # the bases are merged in by now: the config.yaml saved beside the run must not name them again (relative to
-        # another folder they would not be found, and they are already part of it)
-        config.base = None
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and os.path.isfile(ckpt_path) and config.model.get("weights"):
             logger.info("--ckpt_path %s restores the whole model: the initial weights %s are not loaded",
