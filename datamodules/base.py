@@ -81,7 +81,10 @@ class Page4DDataModule(L.LightningDataModule):
             `{"num_frames": [2, 16], "frames_per_batch": 32, "aspect_ratio": [0.33, 1.0]}` is the paper's
             recipe (S uniform in 2..16, floor(32 / S) clips, H/W uniform in [0.33, 1]). None: every batch
             has `batch_size` clips of the dataset's own shape. Training always draws new clip randomness
-            per epoch (the epoch travels in the clip keys).
+            per epoch (the epoch travels in the clip keys). `"chunks": 2` together with
+            `trainer.accumulate_grad_batches: 2` is the official chunking (one shape per pair of
+            micro-batches, floor(n / 2) clips each; kaichen-z/PAGE4D `training_final.yaml:10`, see
+            `datamodules.sampling`).
         seed: seed of the per-batch shape draws.
     """
 
@@ -121,12 +124,17 @@ class Page4DDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.clip_shapes = dict(clip_shapes or {})
-        unknown = set(self.clip_shapes) - {"num_frames", "frames_per_batch", "aspect_ratio"}
+        unknown = set(self.clip_shapes) - {"num_frames", "frames_per_batch", "aspect_ratio", "chunks"}
         if unknown:
             raise ValueError(f"clip_shapes: unknown keys {sorted(unknown)}; expected num_frames, frames_per_batch, "
-                             "aspect_ratio")
+                             "aspect_ratio, chunks")
+        chunks = self.clip_shapes.get("chunks", 1)
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"clip_shapes: chunks expected an integer >= 1 (micro-batches per drawn batch), "
+                             f"got {chunks!r}")
         self.seed = seed
         self.datasets: dict[str, Dataset] = {}
+        self._resume_position: dict[str, Any] | None = None  # from a checkpoint (`load_state_dict`)
 
     def build_dataset(self, split: str) -> Dataset | None:
         """Instantiate the dataset of `split`, or None when the split is disabled."""
@@ -168,6 +176,7 @@ class Page4DDataModule(L.LightningDataModule):
         batches = ClipBatchSampler(
             EpochShuffleSampler(len(dataset), seed=self.seed), batch_size=self.batch_size, drop_last=True,
             seed=self.seed, clip_keys=bool(getattr(dataset, "accepts_clip_keys", False)), **self.clip_shapes,
+            resume_batches=self._batches_to_skip(),
         )
         return DataLoader(
             dataset,
@@ -177,6 +186,27 @@ class Page4DDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in its epoch (saved in every checkpoint): the epoch and the batches it has trained
+        on (on this rank). A run resumed from the checkpoint continues with the next batch, not from the first
+        batch of the epoch again (`ClipBatchSampler(resume_batches=...)`)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "train_batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = dict(state_dict)
+
+    def _batches_to_skip(self) -> int:
+        """Training batches of the current epoch already trained on by the checkpoint being resumed (else 0)."""
+        position, self._resume_position = self._resume_position, None
+        trainer = self.trainer
+        if not position or trainer is None or position.get("epoch") != trainer.current_epoch:
+            return 0
+        return int(position.get("train_batches", 0))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -19,7 +19,8 @@ registry name (or any label plus `dataset: <registry name>`), the common argumen
           aspect_ratio: [0.33, 1.0]      # shared keyword arguments go to every component
           augment: true
           components:
-            pointodyssey: {weight: 0.15, root: /data/pointodyssey}
+            pointodyssey: {weight: 0.15, root: /data/pointodyssey, stride: [1, 8]}  # own value beats the shared one
+            po_val: {dataset: pointodyssey, weight: 0.02, root: /data/pointodyssey, split: val}
             kubric: {weight: 0.10, root: /data/kubric, num_tracks: 0}
             waymo_packed: {dataset: packed, weight: 0.21, root: /data/packed/waymo}
 """

@@ -10,6 +10,13 @@ same step (similar work per rank) and a resumed run repeats them. Lightning call
 inside the batch sampler at every epoch (`EpochShuffleSampler` here; under DDP Lightning re-creates the batch
 sampler around a `DistributedSampler`, so each rank batches its own shard), and the batch sampler reads the
 epoch from it.
+
+Official chunking (`chunks: 2` with `trainer.accumulate_grad_batches: 2`): the official trainer splits each
+drawn batch of n = floor(32 / S) clips into 2 chunks of floor(n / 2) clips (an odd clip is dropped), each its
+own forward / backward with its own loss filters, gradients accumulated (kaichen-z/PAGE4D
+`training/config/training_final.yaml:10` `accum_steps: 2`, `training/trainer_gra.py:796-806,941-969`). Here
+each chunk is one micro-batch: the shape is drawn once per group of `chunks` consecutive micro-batches, and an
+epoch holds a whole number of groups, so an accumulation group never spans two shapes or two epochs.
 """
 
 from __future__ import annotations
@@ -63,6 +70,12 @@ class ClipBatchSampler(BatchSampler):
         seed: base seed of the shape draws.
         clip_keys: yield keys; False yields plain int indices (for a dataset that only takes ints: then the
             clip shape must be the dataset's own, i.e. `num_frames` and `aspect_ratio` None).
+        chunks: micro-batches per drawn batch (c): the shape (S, aspect) is drawn once per group of c
+            consecutive micro-batches, each holding max(1, n // c) clips of the n the batch would hold; the
+            epoch length is a multiple of c. Pair it with `trainer.accumulate_grad_batches: c`; c = 2 is the
+            official recipe (clips per optimiser step 2 floor(floor(32 / S) / 2)). Needs `drop_last`.
+        resume_batches: the first epoch iterated starts after its first `resume_batches` batches (the same
+            batches, shapes and clips as before: a run resumed mid-epoch continues with the next batch).
     """
 
     def __init__(
@@ -75,8 +88,18 @@ class ClipBatchSampler(BatchSampler):
         aspect_ratio: float | list[float] | None = None,
         seed: int = 0,
         clip_keys: bool = True,
+        chunks: int = 1,
+        resume_batches: int = 0,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"chunks: expected an integer >= 1 (micro-batches per drawn batch), got {chunks!r}")
+        if chunks > 1 and not drop_last:
+            raise ValueError("chunks: > 1 needs drop_last=True (an accumulation group must not be cut short)")
+        self.chunks = chunks
+        if resume_batches < 0:
+            raise ValueError(f"resume_batches: expected >= 0, got {resume_batches}")
+        self.resume_batches = resume_batches
         if not clip_keys and (num_frames is not None or aspect_ratio is not None):
             raise ValueError("num_frames / aspect_ratio per batch need a dataset that takes clip keys "
                              "(`accepts_clip_keys = True`, as every dataset of this project)")
@@ -103,13 +126,15 @@ class ClipBatchSampler(BatchSampler):
             self.sampler.set_epoch(epoch)
 
     def batch_shape(self, k: int) -> tuple[int, int | None, float | None]:
-        """(clips B, frames S or None, aspect H/W or None) of batch `k` in the current epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, k])
+        """(clips B, frames S or None, aspect H/W or None) of micro-batch `k` in the current epoch; micro-batches
+        k of one group (k // chunks) share the draw."""
+        rng = np.random.default_rng([self.seed, self.epoch, k // self.chunks])
         frames = None
         if self.frames_range is not None:
             lo, hi = self.frames_range
             frames = int(rng.integers(lo, hi + 1)) if hi > lo else lo
         clips = max(1, self.frames_per_batch // frames) if self.frames_per_batch and frames else self.batch_size
+        clips = max(1, clips // self.chunks)
         aspect = None
         if self.aspect_range is not None:
             a_lo, a_hi = self.aspect_range
@@ -117,24 +142,31 @@ class ClipBatchSampler(BatchSampler):
         return clips, frames, aspect
 
     def _batch_sizes(self) -> list[int]:
+        """Clips of each micro-batch of the epoch: whole groups of `chunks` only (a group that does not fit
+        the remaining indices is dropped with `drop_last`)."""
         sizes, left, k = [], len(self.sampler), 0
         while left > 0:
-            clips = self.batch_shape(k)[0]
-            if clips > left and self.drop_last:
+            clips = self.batch_shape(k)[0]  # the same for the `chunks` micro-batches of group k // chunks
+            if clips * self.chunks > left and self.drop_last:
                 break
-            sizes.append(min(clips, left))
-            left -= clips
-            k += 1
+            for _ in range(self.chunks):
+                sizes.append(min(clips, left))
+                left -= clips
+            k += self.chunks
         return sizes
 
     def __len__(self) -> int:
         return len(self._batch_sizes())
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None, float | None, int]] | list[int]]:
+        skip, self.resume_batches = self.resume_batches, 0  # only the epoch that was interrupted
         indices = iter(self.sampler)
         for k, size in enumerate(self._batch_sizes()):
+            batch = [int(next(indices)) for _ in range(size)]  # drawn even when skipped: the later batches stay
+            if k < skip:
+                continue
             if not self.clip_keys:
-                yield [int(next(indices)) for _ in range(size)]
+                yield batch
                 continue
             _, frames, aspect = self.batch_shape(k)
-            yield [(int(next(indices)), frames, aspect, self.epoch) for _ in range(size)]
+            yield [(index, frames, aspect, self.epoch) for index in batch]

@@ -5,10 +5,10 @@ A subclass only says what is on disk: `find_sequences()` (names and frame counts
 extrinsics, pixel intrinsics, optional dynamic mask), optionally `load_tracks(seq, ids)`. This class
 does the rest, the same way for every dataset:
 
-frame sampling (contiguous, stride in a range, optional shuffled order) -> checks (sizes, finite cameras)
--> intrinsics-aware resize + crop to W = `image_size`, H a multiple of 14 (fixed / per-clip aspect) ->
-photometric augmentation with one parameter set per clip -> camera / world points from depth ->
-`normalize_sample` -> the DESIGN.md sample dict.
+frame sampling (contiguous at a stride in a range, optional shuffled order; or random frames with replacement)
+-> checks (sizes, finite cameras) -> intrinsics-aware resize + crop to W = `image_size`, H a multiple of 14
+(fixed / per-clip aspect; per clip or per frame, see `augment`) -> photometric augmentation -> camera / world
+points from depth -> `normalize_sample` -> the DESIGN.md sample dict.
 
 A clip index may be an int or a key `(index, num_frames, aspect_ratio, epoch)` (variable clip shapes and
 per-epoch draws, see `datamodules.sampling`). Any file problem raises `ClipFormatError` naming the file; with
@@ -27,13 +27,14 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.io import ClipFormatError
-from datamodules.transforms import ResizeCrop, output_size, photometric_augmentation
+from datamodules.transforms import Photometric, ResizeCrop, augment_mode, output_size, plan_clip_geometry
 from page4d_lightning.geometry import depth_to_world_points, nearest_rotation, normalize_sample, relative_to_first
 from page4d_lightning.types import Sample
 
 logger = logging.getLogger(__name__)
 
 MAX_SKIPS = 32  # consecutive bad clips tolerated before giving up (a wrong root, not a bad file)
+FRAME_SAMPLING = ("contiguous", "random_with_replacement")
 
 
 @dataclass
@@ -86,8 +87,20 @@ class SequenceDataset(Dataset):
             the source aspect, at most square: the official `crop` preprocessing).
         stride: frame step inside a clip; a number or [min, max] (uniform integer per clip).
         shuffle_frames: randomly permute the frames of a clip (first frame stays the reference).
-        augment: random crop position, zoom up to `max_zoom` and photometric jitter.
-        max_zoom: largest extra zoom of the geometric augmentation.
+        frame_sampling: "contiguous" (default): S frames at a constant stride inside the clip's window;
+            "random_with_replacement": S frames drawn uniformly from the whole sequence, unordered, repeats
+            allowed, the first drawn one being the reference frame 0 (`stride`, `shuffle_frames` unused) -
+            the official CO3D sampling (kaichen-z/PAGE4D `training/data/datasets/co3d.py:282-293`,
+            `allow_duplicate_img: True` in `training/config/default_dataset_fin.yaml:30`).
+        augment: training augmentation (`datamodules.transforms`): false / "none" (default); "clip" (true is
+            the same): one random zoom in [1, `max_zoom`] and crop plus one colour jitter for the whole clip;
+            "official": the official PAGE-4D recipe, a per-frame crop at the principal point to U(0.8, 1.2)
+            of H and of W (capped at 1) then an anisotropic resize to the output shape (fx != fy), colour
+            jitter 0.5/0.5/0.5/0.1 p 0.9 and grey p 0.05, per clip 70 % / per frame 30 % of the time
+            (`base_dataset.py:238-281`, `dataset_util.py:84-142,175-221`, `augmentation.py:27-63`,
+            `composed_dataset.py:125-133`, `default_dataset_fin.yaml:22-24,33-45`). Any value but "none"
+            also draws the clip's start inside its window.
+        max_zoom: largest extra zoom of the "clip" geometric augmentation.
         num_tracks: tracks per clip when the dataset has them (0 = none).
         clips_per_sequence: clips per sequence and epoch; None = enough windows to cover each sequence once.
         sequences: only these sequence names (None = all found).
@@ -111,13 +124,14 @@ class SequenceDataset(Dataset):
         aspect_ratio: float | list[float] | None = None,
         stride: int | list[int] = 1,
         shuffle_frames: bool = False,
-        augment: bool = False,
+        augment: bool | str | None = False,
         max_zoom: float = 1.2,
         num_tracks: int = 0,
         clips_per_sequence: int | None = None,
         sequences: list[str] | None = None,
         seed: int = 0,
         skip_bad_clips: bool = False,
+        frame_sampling: str = "contiguous",
     ) -> None:
         if root is None:
             raise ValueError(f"{type(self).__name__}: `root` is required (the folder of the downloaded dataset)")
@@ -133,7 +147,11 @@ class SequenceDataset(Dataset):
         if stride_range[0] < 1:
             raise ValueError(f"stride: expected >= 1, got {stride}")
         self.stride_range = (int(stride_range[0]), int(stride_range[1]))
-        self.shuffle_frames, self.augment, self.max_zoom = shuffle_frames, augment, max_zoom
+        if frame_sampling not in FRAME_SAMPLING:
+            raise ValueError(f"frame_sampling: expected one of {', '.join(FRAME_SAMPLING)}, got {frame_sampling!r}")
+        self.frame_sampling = frame_sampling
+        self.augment = augment_mode(augment)  # "none" | "clip" | "official"
+        self.shuffle_frames, self.max_zoom = shuffle_frames, max_zoom
         self.num_tracks, self.seed, self.skip_bad_clips = num_tracks, seed, skip_bad_clips
         self.epoch = 0
         self.bad_clips = 0
@@ -147,7 +165,7 @@ class SequenceDataset(Dataset):
             raise ClipFormatError(f"{self.root}: no {self.name} sequences found for split {split!r}")
         self.sequences = dict(sorted(found.items()))
         self.clips = self._index_clips(clips_per_sequence)
-        self._photometric = photometric_augmentation() if augment else None
+        self._photometric = Photometric(self.augment) if self.augment != "none" else None
 
     # ----------------------------------------------------------------------------- subclass hooks
     def find_sequences(self) -> dict[str, int]:
@@ -190,8 +208,11 @@ class SequenceDataset(Dataset):
 
     def frame_ids(self, seq: str, window: int, num_frames: int, rng: np.random.Generator) -> list[int]:
         """S frame positions: contiguous at a stride drawn from `stride`, starting in window `window`
-        (windows evenly spaced over the sequence, a random start inside it when training)."""
+        (windows evenly spaced over the sequence, a random start inside it when training); or, with
+        `frame_sampling="random_with_replacement"`, S uniform draws over the sequence (the window unused)."""
         count = self.sequences[seq]
+        if self.frame_sampling == "random_with_replacement":
+            return [int(i) for i in rng.integers(0, count, size=num_frames)]
         lo, hi = self.stride_range
         stride = int(rng.integers(lo, hi + 1)) if hi > lo else lo
         stride = max(1, min(stride, (count - 1) // max(1, num_frames - 1))) if num_frames > 1 else 1
@@ -199,7 +220,7 @@ class SequenceDataset(Dataset):
         last_start = max(0, count - span)
         windows = self.windows[seq]
         start = round(window * last_start / max(1, windows - 1)) if windows > 1 else last_start // 2
-        if self.augment and last_start:
+        if self.augment != "none" and last_start:
             start = int(rng.integers(0, last_start + 1))
         ids = [min(count - 1, start + k * stride) for k in range(num_frames)]
         if self.shuffle_frames and num_frames > 2:
@@ -248,8 +269,8 @@ class SequenceDataset(Dataset):
                 )
         aspect = aspect_ratio if aspect_ratio is not None else self._aspect(rng, source_hw)
         out_hw = output_size(source_hw, self.image_size, aspect)
-        zoom = float(rng.uniform(1.0, self.max_zoom)) if self.augment else 1.0
-        geometry = ResizeCrop.plan(source_hw, out_hw, zoom, rng if self.augment else None)
+        intrinsics = [np.asarray(f.intrinsics, dtype=np.float64) for f in frames]
+        geometry = plan_clip_geometry(self.augment, source_hw, out_hw, intrinsics, rng, self.max_zoom)  # per frame
         sample = self._assemble(frames, geometry, rng)
         if self.num_tracks > 0:
             tracks = self.load_tracks(seq, ids)
@@ -258,21 +279,26 @@ class SequenceDataset(Dataset):
         sample.update(dataset=self.name, seq_name=seq, ids=torch.tensor(ids))
         return normalize_sample(sample) if self.normalize else sample
 
-    def _assemble(self, frames: list[Frame], geometry: ResizeCrop, rng: np.random.Generator) -> dict[str, Any]:
-        images = np.stack([geometry.image(f.image) for f in frames])  # (S, H, W, 3) uint8
+    def _assemble(
+        self, frames: list[Frame], geometry: list[ResizeCrop], rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """Frames + one `ResizeCrop` per frame -> the sample dict (before normalisation)."""
+        images = np.stack([g.image(f.image) for f, g in zip(frames, geometry)])  # (S, H, W, 3) uint8
         if self._photometric is not None:
-            self._photometric.set_random_seed(int(rng.integers(2**31)))
-            images = self._photometric(images=images)["images"]
-        out_hw = geometry.out_hw
-        resample = geometry.sparse_depth if self.sparse_depth else geometry.nearest
-        depths = np.stack([resample(f.depth) if f.depth is not None else np.zeros(out_hw, np.float32) for f in frames])
+            images = self._photometric(images, rng)
+        out_hw = geometry[0].out_hw
+        depths = np.stack([
+            np.zeros(out_hw, np.float32) if f.depth is None
+            else g.sparse_depth(f.depth) if self.sparse_depth else g.nearest(f.depth)
+            for f, g in zip(frames, geometry)
+        ])
         extrinsics = np.stack([f.extrinsics for f in frames])  # (S, 3, 4) float64
         if self.normalize:
             # express the clip in camera 0's frame here (float64, exact identity for frame 0): the world points
             # then need one transform instead of two, and normalize_sample skips its own
             extrinsics = relative_to_first(extrinsics)
         extrinsics = torch.from_numpy(extrinsics).float()
-        intrinsics = torch.from_numpy(np.stack([geometry.intrinsics(f.intrinsics) for f in frames])).float()
+        intrinsics = torch.from_numpy(np.stack([g.intrinsics(f.intrinsics) for f, g in zip(frames, geometry)])).float()
         depth_t = torch.from_numpy(depths).float()
         world, cam = depth_to_world_points(depth_t, extrinsics, intrinsics)
         sample: dict[str, Any] = {
@@ -285,12 +311,15 @@ class SequenceDataset(Dataset):
             "point_masks": depth_t > 0,
         }
         if all(f.dynamic_mask is not None for f in frames):
-            masks = np.stack([geometry.nearest(f.dynamic_mask, "dynamic_mask") for f in frames])
+            masks = np.stack([g.nearest(f.dynamic_mask, "dynamic_mask") for f, g in zip(frames, geometry)])
             sample["dynamic_masks"] = torch.from_numpy(masks)
         return sample
 
-    def _tracks(self, tracks: Tracks, geometry: ResizeCrop, rng: np.random.Generator, where: str) -> dict[str, Any]:
-        """Pick `num_tracks` tracks visible in the first frame, in output pixels (fewer -> repeated, positive False)."""
+    def _tracks(
+        self, tracks: Tracks, geometry: list[ResizeCrop], rng: np.random.Generator, where: str
+    ) -> dict[str, Any]:
+        """Pick `num_tracks` tracks visible in the first frame, in output pixels (fewer -> repeated, positive False);
+        frame s is mapped by `geometry[s]`."""
         points, visible = np.asarray(tracks.points, np.float64), np.asarray(tracks.visible, bool)
         valid = np.ones_like(visible) if tracks.valid is None else np.asarray(tracks.valid, bool)
         shapes_ok = points.ndim == 3 and points.shape[-1] == 2 and visible.shape == points.shape[:2]
@@ -299,9 +328,12 @@ class SequenceDataset(Dataset):
                 f"{where}: tracks expected points (S, N, 2) and visible/valid (S, N), got {points.shape}, "
                 f"{visible.shape}, {valid.shape}"
             )
+        if len(geometry) != points.shape[0]:
+            raise ClipFormatError(f"{where}: tracks cover {points.shape[0]} frames, the clip has {len(geometry)}")
         finite = np.isfinite(points).all(-1)
-        uv = geometry.points(np.where(finite[..., None], points, 0.0))
-        visible = visible & valid & finite & geometry.inside(uv)
+        uv = np.stack([g.points(p) for g, p in zip(geometry, np.where(finite[..., None], points, 0.0))])  # (S, N, 2)
+        inside = np.stack([g.inside(p) for g, p in zip(geometry, uv)])
+        visible = visible & valid & finite & inside
         candidates = np.nonzero(visible[0])[0]
         n = self.num_tracks
         positive = np.zeros(n, dtype=bool)

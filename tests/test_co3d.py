@@ -175,3 +175,31 @@ def test_datamodule_serves_a_batch(co3d):
     assert batch["images"].shape == (2, 4, 3, *OUT_HW) and batch["depths"].shape == (2, 4, *OUT_HW)
     assert not batch["dynamic_masks"].any() and batch["dataset"] == ["co3d", "co3d"]
     assert torch.isfinite(batch["world_points"]).all()
+
+
+def test_random_frames_with_replacement_is_the_official_co3d_sampling(co3d):
+    """`frame_sampling: random_with_replacement` (official co3d.py:282-293): S uniform draws over the sequence,
+    unordered, repeats allowed; the first draw is the reference frame. Each returned frame must still carry its
+    own camera and depth."""
+    root, info = co3d
+    ds = _dataset(root, num_frames=8, frame_sampling="random_with_replacement", seed=4)
+    assert len(ds) == 2  # one clip per sequence (6 frames < S = 8), as for contiguous windows
+    seen_unordered = False
+    for epoch in range(3):
+        for k, seq in enumerate(ds.sequences):
+            sample = ds[(k, None, None, epoch)]
+            ids = sample["ids"].tolist()
+            want = np.random.default_rng([4, epoch, k]).integers(0, 6, size=8).tolist()  # (seed, epoch, index)
+            assert ids == want and len(set(ids)) < 8  # 8 draws of 6 frames: repeats
+            seen_unordered |= ids != sorted(ids)
+            gt = info["sequences"][seq]
+            E, K = sample["extrinsics"].double().numpy(), sample["intrinsics"].double().numpy()
+            cam = np.einsum("sij,nj->sni", E[:, :, :3], gt["points"]) + E[:, None, :, 3]
+            uv = np.einsum("sij,snj->sni", K[:, :2, :2], cam[..., :2] / cam[..., 2:]) + K[:, None, :2, 2]
+            np.testing.assert_allclose(uv, gt["screen"][ids, :, :2] - 0.5 - np.array([0, Y0]), atol=1e-3)
+            np.testing.assert_array_equal(sample["depths"].numpy(), gt["depth"][ids][:, Y0 : Y0 + OUT_HW[0]])
+    assert seen_unordered
+    normalized = _dataset(root, num_frames=8, frame_sampling="random_with_replacement", seed=4, normalize=True)[0]
+    np.testing.assert_allclose(normalized["extrinsics"][0].numpy(), np.eye(3, 4), atol=1e-5)  # first draw = ref
+    with pytest.raises(ValueError, match="frame_sampling: expected one of contiguous, random_with_replacement"):
+        _dataset(root, frame_sampling="random")

@@ -88,3 +88,34 @@ def test_a_stopped_run_saves_its_last_step(tmp_path: Path, sig: signal.Signals, 
     assert process.returncode == exit_code, output[-4000:]
     step = _assert_loadable_last(tmp_path)
     assert 2 <= step < 1000 and step >= int(marker.read_text()) - 1, (step, marker.read_text())
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    """SIGTERM mid-epoch, then `--ckpt_path last`: the run continues with the next batch of the interrupted epoch
+    (not the epoch's first batch again) and crosses into the next epoch, so its final weights are exactly those
+    of the same run never stopped (5 batches per epoch, 8 steps)."""
+    run = ["fit", *SMALL, "--trainer.max_steps=8", "--trainer.limit_val_batches=0",
+           "--data.init_args.train.num_clips=10"]
+    reference = run_page4d(*run, "--trainer.default_root_dir=reference", cwd=tmp_path)
+    assert reference.returncode == 0, explain(reference)
+    marker = tmp_path / "step.txt"
+    slow = {"class_path": "tests.step_marker.StepMarker", "init_args": {"path": str(marker), "seconds_per_step": 0.3}}
+    process = start_page4d(*run, f"--trainer.callbacks+={json.dumps(slow)}", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not reach step 2"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    stopped_at = _assert_loadable_last(tmp_path)
+    assert 2 <= stopped_at < 5, (stopped_at, output[-2000:])  # inside the first epoch
+    resumed = run_page4d(*run, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, explain(resumed)
+    final = torch.load(tmp_path / OUT / "last.ckpt", map_location="cpu", weights_only=True)
+    expected = torch.load(tmp_path / "reference" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == 8
+    worst = max(float((v - expected["state_dict"][k]).abs().max()) for k, v in final["state_dict"].items())
+    assert worst == 0.0

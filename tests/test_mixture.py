@@ -183,3 +183,34 @@ def test_yaml_mixture_through_the_datamodule():
     assert batch["dataset"] == ["synthetic", "synthetic"]
     c, i = mix.locate(0)
     assert torch.equal(mix[0]["images"], mix.datasets[c][i]["images"])
+
+
+def test_component_keywords_override_the_shared_ones_and_labelled_splits_work(tmp_path):
+    """`stride: [1, 8]` on one component reaches that component only (over the shared `stride`), and a labelled
+    component `{dataset: pointodyssey, split: val}` reads the val folder: the official mix trains on PointOdyssey
+    train + val + test with stride 1-8 (official_code_facts.md 3.1)."""
+    import shutil
+
+    from tests.data.pointodyssey.make_fixture import write_fixture
+
+    write_fixture(tmp_path, num_frames=4)
+    shutil.copytree(tmp_path / "train", tmp_path / "val")
+    shutil.rmtree(tmp_path / "val" / "cnb_old")  # val differs from train: one sequence
+    train = {
+        "samples_per_epoch": 4, "split": "train", "stride": [1, 3],
+        "components": {
+            "pointodyssey": {"weight": 0.5, "root": str(tmp_path), "stride": [1, 8]},
+            "po_val": {"dataset": "pointodyssey", "weight": 0.5, "root": str(tmp_path), "split": "val"},
+        },
+    }
+    dm = Page4DDataModule(dataset="mixture", num_frames=2, image_size=28, train=train)
+    dm.setup("fit")
+    mix = dm.datasets["train"]
+    po, po_val = mix.datasets
+    assert mix.names == ["pointodyssey", "po_val"]
+    assert po.stride_range == (1, 8) and po_val.stride_range == (1, 3)  # own value wins, only there
+    assert po.split == "train" and po_val.split == "val"
+    assert set(po.sequences) == {"ani_walk", "cnb_old"} and set(po_val.sequences) == {"ani_walk"}
+    sample = po_val[0]
+    assert sample["dataset"] == "pointodyssey" and sample["seq_name"] == "ani_walk"
+    assert sample["images"].shape[:2] == (2, 3)

@@ -209,3 +209,99 @@ def test_one_batch_through_the_datamodule(spring):
     assert batch["images"].shape == (2, 3, 3, *OUT_HW) and batch["depths"].shape == (2, 3, *OUT_HW)
     assert batch["dataset"] == ["spring", "spring"] and batch["abandon_pose"].tolist() == [False, False]
     torch.testing.assert_close(batch["extrinsics"][:, 0], torch.eye(3, 4).expand(2, 3, 4), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ both eyes (issue #17) and sky maps (issue #15)
+@pytest.fixture(scope="module")
+def stereo(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("spring_stereo")
+    return root, write_fixture(root, num_sequences=1, num_frames=3, eyes=("left", "right"))
+
+
+def _bilinear_2x(path: Path, uv: np.ndarray) -> np.ndarray:
+    """Disparity of a .dsp5 file at image pixels uv (M, 2), interpolated on its 2x grid (sample (r, c) sits at
+    image (c / 2, r / 2)). Exact for a plane, whose disparity is affine in the pixel coordinates."""
+    with h5py.File(path, "r") as f:
+        grid = f["disparity"][()].astype(np.float64)
+    x, y = 2 * uv[:, 0], 2 * uv[:, 1]
+    c0, r0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - c0, y - r0
+    return ((1 - fy) * ((1 - fx) * grid[r0, c0] + fx * grid[r0, c0 + 1])
+            + fy * ((1 - fx) * grid[r0 + 1, c0] + fx * grid[r0 + 1, c0 + 1]))
+
+
+def test_right_eye_reprojects_a_point_to_the_left_pixel_minus_its_disparity(stereo):
+    """Known answer from the files alone: a landmark seen at left pixel (u, v) with left disparity d (read from
+    disp1_left) must appear at (u - d, v) in the right image (devkit: left-to-right disparity is -d). The reader's
+    right-eye camera (extrinsics.txt shifted by the baseline) must project it there."""
+    root, info = stereo
+    ds = _dataset(root, num_frames=3, eyes=["left", "right"])
+    assert ds.sequences == {"0001": 3, "0001/right": 3}
+    seq_dir = root / "train" / "0001"
+    wall = info["landmarks"][:3]  # on the back wall: a plane around each sample, so bilinear disparity is exact
+    for i in range(3):
+        left = ds.load_frame("0001", i)
+        right = ds.load_frame("0001/right", i)
+        uv_left = info["sequences"]["0001"]["landmark_px"][i][:3]
+        d = _bilinear_2x(seq_dir / "disp1_left" / f"disp1_left_{i + 1:04d}.dsp5", uv_left)
+        assert (d > 0.3).all()  # fx * 0.065 / 9 m ~ 0.58 px: far above the tolerance below
+        want = uv_left - np.stack([d, np.zeros_like(d)], axis=-1)
+        cam = wall @ right.extrinsics[:, :3].T + right.extrinsics[:, 3]
+        got = cam[:, :2] / cam[:, 2:] @ right.intrinsics[:2, :2].T + right.intrinsics[:2, 2]
+        np.testing.assert_allclose(got, want, atol=1e-3)  # float32 disparity; a wrong sign is off by 2 d
+        # the right view's own disparity file agrees at that pixel, and its depth is read from it
+        d_right = _bilinear_2x(seq_dir / "disp1_right" / f"disp1_right_{i + 1:04d}.dsp5", want)
+        np.testing.assert_allclose(d_right, d, rtol=1e-4)
+        np.testing.assert_allclose(right.depth, info["right"]["0001"]["depth"][i], rtol=1e-5, atol=0)
+        assert not np.array_equal(right.image, left.image)
+        np.testing.assert_allclose(right.intrinsics, left.intrinsics, atol=0)
+        np.testing.assert_allclose(right.extrinsics[:, :3], left.extrinsics[:, :3], atol=0)
+
+
+def test_both_eyes_double_the_clips_and_a_clip_keeps_one_eye(stereo):
+    root, info = stereo
+    left_only = _dataset(root, num_frames=3)
+    ds = _dataset(root, num_frames=3, eyes=["left", "right"])
+    assert len(ds) == 2 * len(left_only) and {seq for seq, _ in ds.clips} == {"0001", "0001/right"}
+    for k in range(len(ds)):
+        sample = ds[k]
+        eye = "right" if sample["seq_name"].endswith("/right") else "left"
+        gt = info[eye if eye == "right" else "sequences"]["0001"]
+        E, K = sample["extrinsics"].double().numpy(), sample["intrinsics"].double().numpy()
+        cam = info["landmarks"] @ E[:, :, :3].transpose(0, 2, 1) + E[:, None, :, 3]  # (S, M, 3)
+        uv = cam[..., :2] / cam[..., 2:] * K[:, None, [0, 1], [0, 1]] + K[:, None, [0, 1], [2, 2]]
+        np.testing.assert_allclose(uv, expected_pixels(gt["landmark_px"]), atol=1e-3)  # every frame: this eye
+    assert _dataset(root, num_frames=3, eyes="right").sequences == {"0001/right": 3}
+    for bad in (["centre"], [], ["left", "left"], None):
+        with pytest.raises(ValueError, match="eyes"):
+            _dataset(root, num_frames=3, eyes=bad)
+
+
+def test_missing_right_eye_folder_names_it(small):
+    root, _ = small
+    with pytest.raises(ClipFormatError, match="frame_right"):
+        _dataset(root, num_frames=4, eyes=["left", "right"])
+
+
+def test_without_sky_maps_one_warning_and_zero_disparity_is_invalid(small, caplog):
+    """Only the frame, disparity and camera archives downloaded: training still works, ONE warning per dataset
+    names the missing folder, and disparity 0 (the real sky) stays depth 0."""
+    root, info = small
+    for seq in ("0001", "0002"):
+        shutil.rmtree(root / "train" / seq / "maps")
+    path = root / "train/0001/disp1_left/disp1_left_0001.dsp5"
+    with h5py.File(path, "r") as f:
+        disparity = f["disparity"][()]
+    sky = info["sequences"]["0001"]["sky"][0]
+    disparity[np.kron(sky, np.ones((2, 2), bool))] = 0.0  # the release stores sky as disparity 0
+    with h5py.File(path, "w") as f:
+        f.create_dataset("disparity", data=disparity)
+    with caplog.at_level(logging.WARNING, logger="datamodules.spring"):
+        ds = _dataset(root, num_frames=4)
+        for k in (0, 1, 0, 1):
+            ds[k]
+    warnings = [r for r in caplog.records if r.name == "datamodules.spring" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(root / "train/0001/maps/skymap_left") in warnings[0].getMessage()
+    depth = ds.load_frame("0001", 0).depth
+    assert sky.any() and (depth[sky] == 0).all()
+    np.testing.assert_allclose(depth[~sky], info["sequences"]["0001"]["depth"][0][~sky], rtol=1e-5, atol=0)
