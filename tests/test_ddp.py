@@ -106,7 +106,7 @@ def test_slurm_script_is_valid_bash(script):
     assert "#SBATCH --ntasks-per-node=8" in text and "#SBATCH --gpus-per-node=8" in text
 
 
-def _fake_job(tmp_path: Path, script: Path, restart_count: int, nodes: int) -> list[str]:
+def _fake_job(tmp_path: Path, script: Path, restart_count: int, nodes: int, ckpt_path: str = "last") -> list[str]:
     """Run `script` with stand-ins for `srun`, `page4d` and the venv; returns the `page4d` arguments."""
     bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -122,7 +122,7 @@ def _fake_job(tmp_path: Path, script: Path, restart_count: int, nodes: int) -> l
         "ARGS_OUT": str(tmp_path / "args"),
         "VENV": str(venv),
         "EXPERIMENT": str(ROOT / "experiments" / "synthetic.yaml"),
-        "CKPT_PATH": "last",
+        "CKPT_PATH": ckpt_path,
         "SLURM_SUBMIT_DIR": str(ROOT),
         "SLURM_JOB_NUM_NODES": str(nodes),
         "SLURM_NTASKS_PER_NODE": "8",
@@ -138,8 +138,8 @@ def test_slurm_fit_arguments_parse(script, tmp_path, capsys):
     nodes = 4 if "multi" in script.name else 1
     args = _fake_job(tmp_path / "first", script, restart_count=0, nodes=nodes)
     assert args[0] == "fit" and args[args.index("--ckpt_path") + 1] == "last"
-    requeued = _fake_job(tmp_path / "requeued", script, restart_count=1, nodes=nodes)
-    assert "--ckpt_path" not in requeued, "a requeued job resumes from Lightning's HPC checkpoint"
+    requeued = _fake_job(tmp_path / "requeued", script, restart_count=1, nodes=nodes, ckpt_path="first-start.ckpt")
+    assert requeued[requeued.index("--ckpt_path") + 1] == "last", "a requeued job resumes from last.ckpt"
     with pytest.raises(SystemExit) as exc:
         main([*args, "--print_config"])
     assert exc.value.code == 0

@@ -1,12 +1,15 @@
-"""Cross-cutting training behaviour: `last.ckpt` on every exit, image / point-cloud
-logging to TensorBoard (`VisualLogger`) and the prediction writer."""
+"""Cross-cutting training behaviour: `last.ckpt` on every exit, pre-emption on SLURM (`SlurmRequeue`), image /
+point-cloud logging to TensorBoard (`VisualLogger`) and the prediction writer."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -54,6 +57,10 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
         rank_zero_info(f"saved {self.best_model_path} at step {trainer.global_step}")
 
+    def save_now(self, trainer: L.Trainer) -> None:
+        """Save `last.ckpt` now (every rank calls it; a no-op when this step is saved already)."""
+        self._save_last_state(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_last_state(trainer)
 
@@ -64,6 +71,77 @@ class LastCheckpoint(ModelCheckpoint):
         logger.warning("%s during training: saving the state of step %d", type(exception).__name__,
                        trainer.global_step)
         self._save_last_state(trainer)
+
+
+class SlurmRequeue(Callback):
+    """Pre-emption on SLURM: on the requeue signal (`#SBATCH --signal=SIGUSR1@120`), save `last.ckpt`, ask SLURM to
+    requeue the job (`scontrol requeue $SLURM_JOB_ID`) and end the fit cleanly.
+
+    The signal handler only records the signal. The work happens at the end of the next optimiser step, on every
+    rank at the same step: the ranks agree with one boolean all-reduce per step (a rank that got the signal is
+    enough), then save through the `LastCheckpoint` of the run (atomic with the `page4d` CLI), then rank 0 calls
+    `scontrol`, then the fit stops. Lightning's own handler saves inside the signal handler, at whatever point of
+    the step the signal lands (a half-done step, or a barrier in the middle of a DDP all-reduce): the `page4d` CLI
+    turns it off (`SLURMEnvironment(auto_requeue=False)`) and adds this callback when it runs under SLURM.
+
+    The requeued job resumes with `--ckpt_path last` (experiments/slurm/*.sbatch pass it when
+    `SLURM_RESTART_COUNT > 0`): same global step, optimiser, LR and mask-strength schedule, and the data
+    continues with the next batch of the interrupted epoch (`Page4DDataModule.state_dict`).
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1) -> None:
+        self.signum = signal.Signals(signum)
+        self.received = False
+        self._previous: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.received = False
+            self._previous = signal.signal(self.signum, self._on_signal)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True  # acted on at the next step boundary (see the class docstring)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        steps_here = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if not (steps_here or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return  # in the middle of gradient accumulation: wait for the optimiser step
+        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            return
+        last = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)]
+        if not last:
+            raise RuntimeError("SlurmRequeue: the run has no LastCheckpoint callback to save the pre-empted state")
+        rank_zero_info(f"{self.signum.name}: pre-empted at step {trainer.global_step}; saving and requeueing")
+        last[0].save_now(trainer)
+        if trainer.is_global_zero:
+            requeue_job()
+        trainer.should_stop = True
+
+
+def requeue_job() -> bool:
+    """`scontrol requeue` the current SLURM job (an array task included); False, with a warning, when it fails."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        rank_zero_warn("requeue: SLURM_JOB_ID is not set; resubmit the job by hand (CKPT_PATH=last)")
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        rank_zero_warn(f"requeue of SLURM job {job_id} failed ({err}); resubmit it by hand (CKPT_PATH=last)")
+        return False
+    if result.returncode != 0:
+        rank_zero_warn(f"`scontrol requeue {job_id}` exited {result.returncode}: {result.stderr.strip()}; "
+                       "resubmit the job by hand (CKPT_PATH=last)")
+        return False
+    rank_zero_info(f"requeued SLURM job {job_id}")
+    return True
 
 
 class NpzPredictionWriter(BasePredictionWriter):

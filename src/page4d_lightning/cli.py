@@ -22,11 +22,12 @@ from typing import Any
 import yaml
 from fsspec.utils import get_protocol
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from page4d_lightning.callbacks import LastCheckpoint
+from page4d_lightning.callbacks import LastCheckpoint, SlurmRequeue
 from page4d_lightning.models.weights import torch_file_problem
 from page4d_lightning.module import Page4DModule
 from page4d_lightning.precision import TRUE_HALF, InputHalfPrecision
@@ -63,6 +64,33 @@ def is_local_checkpoint_file(ckpt_path: str | None) -> bool:
 
 DEFAULT_ROOT_DIR = os.path.join("checkpoints", "default")
 """Where a run without `--config` (or without `trainer.default_root_dir`) writes, instead of the current folder."""
+
+
+def slurm_mismatch(trainer: Any) -> str | None:
+    """Under `srun`: why the trainer's `devices` / `num_nodes` do not match the SLURM allocation, or None.
+
+    Lightning runs one process per SLURM task, so `--trainer.devices` must equal the tasks per node and
+    `--trainer.num_nodes` the nodes; the message names the `#SBATCH` option to change."""
+    ntasks, tasks_per_node = os.environ.get("SLURM_NTASKS"), os.environ.get("SLURM_NTASKS_PER_NODE")
+    nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES"))
+    if ntasks and int(ntasks) > 1 and tasks_per_node is None:
+        return (f"SLURM runs {ntasks} tasks without SLURM_NTASKS_PER_NODE: set `#SBATCH --ntasks-per-node` (one task "
+                "per GPU) instead of `--ntasks`")
+    if tasks_per_node and "(" in tasks_per_node:  # e.g. "2(x3)": tasks differ between nodes
+        return f"SLURM_NTASKS_PER_NODE={tasks_per_node}: every node must run the same number of tasks"
+    devices, num_nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    if tasks_per_node and str(devices) not in ("auto", tasks_per_node):
+        return (f"--trainer.devices {devices} does not match the SLURM allocation of {tasks_per_node} task(s) per "
+                f"node (SLURM_NTASKS_PER_NODE): change `#SBATCH --ntasks-per-node` (and --gpus-per-node) to {devices}, "
+                f"or pass --trainer.devices {tasks_per_node}")
+    if nodes and str(num_nodes) != nodes:
+        return (f"--trainer.num_nodes {num_nodes} does not match the SLURM allocation of {nodes} node(s) "
+                f"(SLURM_NNODES): change `#SBATCH --nodes` (or `sbatch --nodes`) to {num_nodes}, or pass "
+                f"--trainer.num_nodes {nodes}")
+    if ntasks and tasks_per_node and nodes and int(ntasks) != int(tasks_per_node) * int(nodes):
+        return (f"SLURM_NTASKS={ntasks} is not nodes x tasks per node = {nodes} x {tasks_per_node}: set "
+                "`#SBATCH --nodes` and `--ntasks-per-node` only")
+    return None
 
 
 def usage() -> str:
@@ -139,7 +167,10 @@ class Page4DCLI(LightningCLI):
     - with `--ckpt_path FILE` the model's initial `weights` are not loaded: the checkpoint restores the whole
       model, so evaluating or resuming a run does not need the file it was initialised from;
     - `fit` always has a `LastCheckpoint` (one is added in `trainer.default_root_dir` when the config has none);
-    - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32.
+    - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32;
+    - under SLURM (`srun`), the trainer's devices and nodes must match the allocation (checked before anything is
+      built, naming the `#SBATCH` option), and `fit` handles pre-emption with `SlurmRequeue` instead of
+      Lightning's in-handler save.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -154,6 +185,10 @@ class Page4DCLI(LightningCLI):
             problem = torch_file_problem(ckpt_path)
             if problem is not None:
                 parser.error(f"--ckpt_path {ckpt_path}: {problem}; expected a Lightning checkpoint of `page4d fit`")
+        if subcommand and SLURMEnvironment.detect():
+            problem = slurm_mismatch(self.config[subcommand].get("trainer") or {})
+            if problem:
+                parser.error(problem)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -176,7 +211,16 @@ class Page4DCLI(LightningCLI):
         wants_last = self.subcommand == "fit" and trainer_config.get("enable_checkpointing") is not False
         if wants_last and not any(isinstance(cb, LastCheckpoint) for cb in callbacks):
             root = trainer_config.get("default_root_dir") or DEFAULT_ROOT_DIR
-            kwargs["callbacks"] = [*callbacks, LastCheckpoint(dirpath=os.fspath(root))]
+            kwargs["callbacks"] = callbacks = [*callbacks, LastCheckpoint(dirpath=os.fspath(root))]
+        plugins = kwargs.get("plugins", trainer_config.get("plugins")) or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if self.subcommand == "fit" and SLURMEnvironment.detect():
+            if not any(isinstance(p, ClusterEnvironment) for p in plugins):
+                environment = SLURMEnvironment(auto_requeue=False)  # SlurmRequeue handles the signal instead
+                kwargs["plugins"] = [*plugins, environment]
+                signum = environment.requeue_signal
+                if signum is not None and not any(isinstance(cb, SlurmRequeue) for cb in callbacks):
+                    kwargs["callbacks"] = [*callbacks, SlurmRequeue(signum)]
         return super().instantiate_trainer(**kwargs)
 
 
