@@ -1,11 +1,10 @@
 """Targeted fine-tuning: the freeze policy trains exactly the unfrozen parameters, each group follows its
 warm-up + cosine schedule, the mask head's LR is 0 (and it does not move) while the mask strength is 0,
-bad policies fail by name, the group table is logged, and `page4d analyze-layers` ranks the blocks."""
+bad policies fail by name, and the group table is logged (`page4d analyze-layers`: test_analyze_layers.py)."""
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import re
@@ -273,22 +272,6 @@ def test_finetune_experiment_prints_its_config(capsys: pytest.CaptureFixture[str
     model = yaml.safe_load(capsys.readouterr().out)["model"]
     assert model["finetune"] == "page4d" and model["preset"] == "vggt_1b"
     assert model["weights"] == "checkpoints/model.pt"
-
-
-def test_analyze_layers_ranks_every_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "layers.json"
-    args = ["--num-clips", "1", "--num-frames", "2", "--image-size", "56", "--out", str(out), "--device", "cpu"]
-    assert main(["analyze-layers", *args]) == 0
-    report = json.loads(out.read_text())
-    rows = report["blocks"]
-    assert len(rows) == 48 and [r["rank"] for r in rows] == list(range(1, 49))
-    assert {r["block"] for r in rows} == {f"aggregator.{k}_blocks.{i}" for k in ("frame", "global") for i in range(24)}
-    ratios = [r["ratio"] for r in rows]
-    assert ratios == sorted(ratios, reverse=True)
-    for r in rows:
-        assert r["ratio"] == pytest.approx(r["dynamic_shift"] / r["static_shift"])
-        assert r["dynamic_shift"] > 0 and r["static_shift"] > 0 and r["grad_rms"] > 0
-    assert rows[0]["block"] in capsys.readouterr().out
 
 
 def test_the_module_owns_the_mask_strength_in_training_and_evaluation(tmp_path: Path) -> None:

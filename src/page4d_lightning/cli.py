@@ -46,7 +46,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "export-weights": ("page4d_lightning.tools.export_weights:export_weights_main",
                        "a run's checkpoint -> the model's weights with the official key names"),
     "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
-                       "which blocks react to dynamic content (sensitivity analysis)"),
+                       "per-block noise, attention and mask-swap measures; a freeze policy"),
 }
 """Tool subcommands: name -> ("module:function", one-line help); the function takes the remaining arguments and
 returns an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""

@@ -13,7 +13,8 @@ linearly from `min_lr` to `lr` over `warmup_fraction` of the run, then follows a
 at the last optimiser step. A group with `follows_mask_strength` (the mask head) has LR exactly 0 on
 every optimiser step whose mask strength is 0: see `build_scheduler`.
 
-Which blocks react to dynamic content is measured by `page4d analyze-layers` (`page4d_lightning.tools`).
+A policy can also be a YAML file holding that dict (`--model.finetune policy.yaml`; `page4d analyze-layers` writes
+one from its per-block measures: `page4d_lightning.tools.analyze_layers`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
 import torch
+import yaml
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -71,6 +73,29 @@ FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
 (peak 1e-5, wd 0.01, 5 % warm-up) and the spatial mask head (peak 2e-5, wd 0.02, 15 % warm-up) train."""
 
 _GROUP_KEYS = {"name", "params", "lr", "weight_decay", "warmup_fraction", "min_lr", "follows_mask_strength"}
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def read_finetune_file(path: str) -> FinetuneConfig:
+    """The `FinetuneConfig` dict held by the YAML file `path`, checked (`FinetunePolicy.from_config`).
+
+    Raises ValueError naming the file when it is not a `.yaml`/`.yml` file, cannot be read, or is not a valid policy.
+    """
+    if not path.endswith(POLICY_SUFFIXES):
+        raise ValueError(f"finetune: unknown preset {path!r}; available: {sorted(FINETUNE_PRESETS)}"
+                         " (or a .yaml/.yml file holding a {trainable, groups} policy)")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"finetune: cannot read the policy file {path}: {err}") from None
+    try:
+        if not isinstance(config, dict):
+            raise ValueError(f"expected a mapping, got {type(config).__name__}")
+        FinetunePolicy.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"finetune: {path} is not a valid policy ({{trainable, groups}}): {err}") from None
+    return config
 
 
 @dataclass(frozen=True)
@@ -113,10 +138,10 @@ class FinetunePolicy:
 
     @classmethod
     def from_config(cls, config: FinetuneConfig | str) -> FinetunePolicy:
-        """Build from a preset name (see `FINETUNE_PRESETS`) or a `FinetuneConfig` dict."""
+        """Build from a preset name (see `FINETUNE_PRESETS`), a `.yaml`/`.yml` file or a `FinetuneConfig` dict."""
         if isinstance(config, str):
             if config not in FINETUNE_PRESETS:
-                raise ValueError(f"finetune: unknown preset {config!r}; available: {sorted(FINETUNE_PRESETS)}")
+                return cls.from_config(read_finetune_file(config))
             config = copy.deepcopy(FINETUNE_PRESETS[config])
         if not isinstance(config, dict) or set(config) != {"trainable", "groups"}:
             seen = sorted(config) if isinstance(config, dict) else type(config).__name__

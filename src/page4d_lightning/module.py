@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from page4d_lightning.finetune import (
+    FINETUNE_PRESETS,
     FinetuneConfig,
     FinetunePolicy,
     FinetunePreset,
@@ -30,6 +31,7 @@ from page4d_lightning.finetune import (
     MaskScheduleConfig,
     build_scheduler,
     format_table,
+    read_finetune_file,
 )
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
 from page4d_lightning.losses import MultitaskLoss
@@ -71,9 +73,10 @@ class Page4DModule(L.LightningModule):
         track_head_weights: VGGT-1B file that fills the track head when `weights` lacks it.
         loss: per-task loss configs in the official layout (see `DEFAULT_LOSS`).
         finetune: freeze policy and parameter groups: a preset name ("page4d": frame + global blocks
-            10-19 and the mask head train) or `{trainable: [globs], groups: [{name, params, lr, ...}]}`
-            (see `page4d_lightning.finetune`). None: everything trains in one group from `lr`,
-            `weight_decay`, `warmup_fraction` and `min_lr` (which are ignored otherwise).
+            10-19 and the mask head train), `{trainable: [globs], groups: [{name, params, lr, ...}]}`
+            (see `page4d_lightning.finetune`) or a .yaml/.yml file holding that dict (the hyper-parameters keep
+            its content, so a checkpoint does not need the file). None: everything trains in one group from
+            `lr`, `weight_decay`, `warmup_fraction` and `min_lr` (which are ignored otherwise).
         lr: peak learning rate of AdamW (without `finetune`).
         weight_decay: AdamW weight decay (without `finetune`).
         warmup_fraction: linear warm-up share of the run, then cosine decay to `min_lr` (without `finetune`).
@@ -96,7 +99,7 @@ class Page4DModule(L.LightningModule):
         weights: str | None = None,
         track_head_weights: str | None = None,
         loss: dict[str, dict[str, Any]] | None = None,
-        finetune: FinetuneConfig | FinetunePreset | None = None,
+        finetune: FinetuneConfig | FinetunePreset | str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
@@ -112,6 +115,8 @@ class Page4DModule(L.LightningModule):
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction: expected in [0, 1), got {warmup_fraction}")
         self.save_hyperparameters()
+        if isinstance(finetune, str) and finetune not in FINETUNE_PRESETS:
+            self.hparams.finetune = read_finetune_file(finetune)  # the policy itself: checkpoints need no file
         self.mask_schedule = MaskSchedule(**mask_schedule) if mask_schedule is not None else None
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0

@@ -16,6 +16,7 @@ import argparse
 import logging
 import re
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,15 @@ def validate_main(ns: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- inspect
-def build_datamodule(cli_args: list[str]) -> Any:
-    """The experiment's LightningDataModule, parsed exactly as `page4d fit` parses it (the same parser, `base:`
-    configs and interpolation); nothing else is built."""
+def load_experiment(cli_args: list[str]) -> tuple[Any, dict[str, Any]]:
+    """(the experiment's LightningDataModule, its `model` init arguments), parsed exactly as `page4d fit` parses
+    them (the same parser, `base:` configs, overrides, interpolation and seed); only the DataModule is built."""
     from jsonargparse import ArgumentParser
 
     from datamodules import Page4DDataModule
     from page4d_lightning.cli import Page4DCLI, build_cli, expand_config_bases
 
-    class DataOnlyCLI(Page4DCLI):
+    class ExperimentCLI(Page4DCLI):
         """`build_cli`'s parser (and seed), instantiating only the `data` group."""
 
         def instantiate_classes(self) -> None:
@@ -104,8 +105,17 @@ def build_datamodule(cli_args: list[str]) -> Any:
             config = parser.parse_object({"data": self.config["data"].as_dict()})
             instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
             self.datamodule = instantiate(config)["data"]
+            self.model_args = self.config["model"].as_dict()
 
-    return build_cli(expand_config_bases(cli_args), run=False, cli_class=DataOnlyCLI).datamodule
+    with warnings.catch_warnings():  # the tool's own argv is in sys.argv, the experiment's arguments in `args`
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = build_cli(expand_config_bases(cli_args), run=False, cli_class=ExperimentCLI)
+    return cli.datamodule, cli.model_args
+
+
+def build_datamodule(cli_args: list[str]) -> Any:
+    """The experiment's LightningDataModule (see `load_experiment`)."""
+    return load_experiment(cli_args)[0]
 
 
 def _trails(rgb: np.ndarray, sample: dict[str, Any], frames: list[int], max_tracks: int) -> None:
