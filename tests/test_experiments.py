@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from datamodules.mixture import PAPER_MIXTURE
+from datamodules.mixture import PAPER_MIXTURE, PAPER_SAMPLE_COUNTS
 from tests.data.custom.make_fixture import write_fixture as write_custom
 from tests.data.kubric.make_fixture import write_fixture as write_kubric
 from tests.data.pointodyssey.make_fixture import write_fixture as write_pointodyssey
@@ -64,12 +64,19 @@ def test_pointodyssey_experiment_without_root_names_it(tmp_path: Path) -> None:
 
 
 def test_paper_mixture_states_the_paper_shares(tmp_path: Path) -> None:
+    """The components' weights (the official sample counts) give the paper's per-dataset shares."""
     run = run_page4d("fit", "--config", str(ROOT / "experiments" / "paper_mixture.yaml"), "--print_config",
                      cwd=tmp_path)
     assert run.returncode == 0, explain(run)
     experiment = yaml.safe_load(run.stdout)
     components = experiment["data"]["init_args"]["train"]["components"]
-    assert {name: c["weight"] for name, c in components.items()} == PAPER_MIXTURE
+    counts: dict[str, float] = {}
+    for label, component in components.items():
+        dataset = component.get("dataset", label)
+        counts[dataset] = counts.get(dataset, 0) + component["weight"]
+    assert counts == PAPER_SAMPLE_COUNTS
+    total = sum(counts.values())
+    assert {name: round(count / total, 2) for name, count in counts.items()} == PAPER_MIXTURE
     assert experiment["model"]["finetune"] == "page4d" and experiment["model"]["weights"] == "checkpoints/model.pt"
 
 

@@ -297,3 +297,20 @@ def test_the_module_owns_the_mask_strength_in_training_and_evaluation(tmp_path: 
     assert seen["val"] == [0.25, 0.25]
     with pytest.raises(ValueError, match="mask_schedule: expected 0 <= hold <= end"):
         Page4DModule(preset="tiny", mask_schedule={"hold": 5, "end": 1})
+
+
+def test_a_mask_on_checkpoint_is_evaluated_at_strength_one_on_every_sequence(tmp_path: Path) -> None:
+    """`mask_schedule.eval_strength: 1` (the official `checkpoint_mask.pt` variant): every test sequence runs with
+    the full bias, also after many sequences (the official scripts switch it off after N forwards, block.py:80)."""
+    seen: list[float] = []
+
+    class Probe(Callback):
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen.append(pl_module.model.mask_strength)
+
+    module = Page4DModule(preset="tiny", mask_schedule={"hold": 0, "end": 0, "eval_strength": 1.0})
+    data = Page4DDataModule("synthetic", num_frames=2, image_size=28, test={"num_clips": 5, "split": "test"})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[Probe()],
+                        default_root_dir=tmp_path)
+    trainer.test(module, datamodule=data)
+    assert seen == [1.0] * 5
