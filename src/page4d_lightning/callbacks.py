@@ -3,6 +3,8 @@ point-cloud logging to TensorBoard (`VisualLogger`) and the prediction writer.""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import signal
@@ -142,6 +144,40 @@ def requeue_job() -> bool:
         return False
     rank_zero_info(f"requeued SLURM job {job_id}")
     return True
+
+
+class MetricsFile(Callback):
+    """`page4d validate` / `page4d test`: the metrics also go to `<dirpath>/metrics_<stage>.json` and `.csv` (one
+    `name,value` row each), with the clips a metric left out (a static camera for ATE / RPE, a non-finite batch),
+    counted and named (`Page4DModule.skipped_clips`). Rank 0 writes; the files of the last run are replaced."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, key: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        skipped = getattr(pl_module, "skipped_clips", {}).get(key, [])
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        base = self.dirpath / f"metrics_{stage}"
+        payload = {"stage": stage, "checkpoint": trainer.ckpt_path, "metrics": metrics,
+                   "skipped": {"count": len(skipped), "clips": skipped}}
+        base.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        with open(base.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["name", "value"])
+            writer.writerows(sorted(metrics.items()))
+            writer.writerow([f"{key}/skipped_clips", len(skipped)])
+        rank_zero_info(f"wrote {base.with_suffix('.json')} and {base.with_suffix('.csv')}"
+                       + (f" ({len(skipped)} clip(s) left out of a metric, named there)" if skipped else ""))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate", "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "test", "test")
 
 
 class NpzPredictionWriter(BasePredictionWriter):

@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from page4d_lightning.callbacks import LastCheckpoint, SlurmRequeue
+from page4d_lightning.callbacks import LastCheckpoint, MetricsFile, SlurmRequeue
 from page4d_lightning.models.weights import torch_file_problem
 from page4d_lightning.module import Page4DModule
 from page4d_lightning.precision import TRUE_HALF, InputHalfPrecision
@@ -167,6 +167,7 @@ class Page4DCLI(LightningCLI):
     - with `--ckpt_path FILE` the model's initial `weights` are not loaded: the checkpoint restores the whole
       model, so evaluating or resuming a run does not need the file it was initialised from;
     - `fit` always has a `LastCheckpoint` (one is added in `trainer.default_root_dir` when the config has none);
+    - `validate` / `test` write their metrics to `trainer.default_root_dir/metrics_<stage>.{json,csv}` (`MetricsFile`);
     - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32;
     - under SLURM (`srun`), the trainer's devices and nodes must match the allocation (checked before anything is
       built, naming the `#SBATCH` option), and `fit` handles pre-emption with `SlurmRequeue` instead of
@@ -212,6 +213,9 @@ class Page4DCLI(LightningCLI):
         if wants_last and not any(isinstance(cb, LastCheckpoint) for cb in callbacks):
             root = trainer_config.get("default_root_dir") or DEFAULT_ROOT_DIR
             kwargs["callbacks"] = callbacks = [*callbacks, LastCheckpoint(dirpath=os.fspath(root))]
+        if self.subcommand in ("validate", "test") and not any(isinstance(cb, MetricsFile) for cb in callbacks):
+            root = trainer_config.get("default_root_dir") or DEFAULT_ROOT_DIR
+            kwargs["callbacks"] = callbacks = [*callbacks, MetricsFile(os.fspath(root))]
         plugins = kwargs.get("plugins", trainer_config.get("plugins")) or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if self.subcommand == "fit" and SLURMEnvironment.detect():

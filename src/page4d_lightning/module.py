@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from page4d_lightning.evaluation import EvalProtocol, aggregate, predict_for_protocol, score_sequence, write_results
 from page4d_lightning.finetune import (
     FINETUNE_PRESETS,
     FinetuneConfig,
@@ -36,6 +38,7 @@ from page4d_lightning.finetune import (
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
 from page4d_lightning.losses import MultitaskLoss
 from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
+from page4d_lightning.metrics.functional import static_camera_clips
 from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
 
 logger = logging.getLogger(__name__)
@@ -90,6 +93,10 @@ class Page4DModule(L.LightningModule):
         point_metrics: also compute point-map accuracy / completeness in val/test (exact nearest-neighbour
             search: cheap on a GPU, slow on a CPU at full resolution). Tracking metrics are computed
             whenever the model predicts tracks and the batch has them.
+        evaluation: a benchmark protocol for `test` (`page4d_lightning.evaluation.EvalProtocol` fields, e.g.
+            `{benchmark: sintel, task: video_depth, protocol: official, depth_source: world_z}`): every test
+            clip is one whole sequence, predicted and scored as the protocol says, and the tables are written
+            to `<results_dir>/<run_name>/<benchmark>_<task>_<protocol>.{md,csv,json}` (experiments/eval/).
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Page4DModule(L.LightningModule):
         mask_strength: float = 0.0,
         max_bad_steps: int = 20,
         point_metrics: bool = False,
+        evaluation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -118,6 +126,9 @@ class Page4DModule(L.LightningModule):
         if isinstance(finetune, str) and finetune not in FINETUNE_PRESETS:
             self.hparams.finetune = read_finetune_file(finetune)  # the policy itself: checkpoints need no file
         self.mask_schedule = MaskSchedule(**mask_schedule) if mask_schedule is not None else None
+        self.evaluation = EvalProtocol(**evaluation) if evaluation is not None else None
+        self.skipped_clips: dict[str, list[dict[str, str]]] = {}  # stage -> clips a metric left out, and why
+        self._eval_rows: list[dict[str, Any]] = []
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
         self._skip_optimizer_step = False
@@ -193,6 +204,7 @@ class Page4DModule(L.LightningModule):
             return sum((p * 0.0).sum() for p in self.model.parameters() if p.requires_grad)
         if reason is not None:
             self._skip(stage, reason)
+            self._record_skipped(stage, list(batch.get("seq_name", ["?"])), reason)
             return None
         if stage == "train":
             self.bad_steps_in_a_row = 0
@@ -206,6 +218,10 @@ class Page4DModule(L.LightningModule):
         if stage in ("val", "test"):
             self._update_metrics(predictions, batch, stage)
         return objective
+
+    def _record_skipped(self, stage: str, clips: list[str], why: str) -> None:
+        """Name the clips a val / test metric left out (`skipped_clips[stage]`, written by `MetricsFile`)."""
+        self.skipped_clips.setdefault(stage, []).extend({"clip": str(c), "why": why} for c in clips)
 
     def _on_any_rank(self, flag: bool) -> bool:
         """True when `flag` is True on any process (one all-reduce under DDP; just `flag` otherwise)."""
@@ -239,6 +255,10 @@ class Page4DModule(L.LightningModule):
             f"{stage}/{name}": torch.tensor([i for i, n in enumerate(names) if n == name], device=pred_depth.device)
             for name in set(names)
         }
+        static = static_camera_clips(pred_extrinsics, batch["extrinsics"]).tolist()  # no ATE / RPE for those
+        if any(static):
+            self._record_skipped(stage, [n for n, s in zip(batch.get("seq_name", ["?"] * len(static)), static) if s],
+                                 "pose metrics: static camera centres, the Sim(3) alignment is undefined")
         for key, index in groups.items():
             metrics = self._metrics(key)
             metrics["pose"].update(pred_extrinsics[index], batch["extrinsics"][index])
@@ -262,11 +282,45 @@ class Page4DModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.evaluation is not None:
+            self._evaluate_sequences(batch)
+            return
         self._shared_step(batch, "test")
+
+    def _evaluate_sequences(self, batch: dict[str, Any]) -> None:
+        """Each clip of the batch is one benchmark sequence: predict and score it (`evaluation.score_sequence`)."""
+        for b in range(batch["images"].shape[0]):
+            sample = {k: (v[b].detach().cpu() if isinstance(v, Tensor) else v[b]) for k, v in batch.items()
+                      if isinstance(v, (Tensor, list)) and len(v) == batch["images"].shape[0]}
+            predictions = predict_for_protocol(self.model, batch["images"][b], self.evaluation)
+            predictions = {k: v.detach().float().cpu() for k, v in predictions.items()}
+            self._eval_rows.append(score_sequence(predictions, sample, self.evaluation))
+
+    def _write_evaluation(self) -> None:
+        """Gather the rows of every rank; rank 0 aggregates, writes the tables and logs the means."""
+        rows = self._eval_rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for rank_rows in gathered for r in rank_rows]
+        self._eval_rows = []
+        protocol = self.evaluation
+        summary = aggregate(rows, protocol.task)
+        if self.trainer.is_global_zero:
+            meta = {"checkpoint": self.trainer.ckpt_path or self.hparams.weights, "settings": asdict(protocol)}
+            paths = write_results(protocol, rows, summary, meta)
+            rank_zero_info(paths[-1].read_text() + f"wrote {', '.join(map(str, paths))}")
+        means = {f"test/{protocol.name}/{k}": float(v) for k, v in summary.items() if isinstance(v, float)}
+        means[f"test/{protocol.name}/skipped"] = float(len(summary["skipped"]))
+        self.log_dict(means, rank_zero_only=True)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         keys = sorted(k for k in self.eval_metrics if k == stage or k.startswith(f"{stage}/"))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:  # every rank gets every rank's skipped clips (MetricsFile writes them on rank 0)
+            skipped: list[list[dict[str, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(skipped, self.skipped_clips.get(stage, []))
+            self.skipped_clips[stage] = [clip for rank_clips in skipped for clip in rank_clips]
         if distributed:
             # every rank must hold (and sync) the same metrics, even for a dataset it never saw
             gathered: list[list[str]] = [[] for _ in range(torch.distributed.get_world_size())]
@@ -283,10 +337,19 @@ class Page4DModule(L.LightningModule):
                 metric.reset()
             self.log_dict({f"{key}/{k}": v for k, v in values.items() if v.numel() == 1})
 
+    def on_validation_epoch_start(self) -> None:
+        self.skipped_clips["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self.skipped_clips["test"] = []
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        if self.evaluation is not None:
+            self._write_evaluation()
+            return
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

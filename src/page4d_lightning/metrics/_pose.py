@@ -30,7 +30,7 @@ from torch import Tensor
 
 from page4d_lightning.geometry import check_shape, se3_compose, se3_inverse, umeyama_sim3
 
-__all__ = ["POSE_KEYS", "pose_errors", "relative_pose_angle_errors", "pose_auc"]
+__all__ = ["POSE_KEYS", "pose_errors", "relative_pose_angle_errors", "pose_auc", "static_camera_clips"]
 
 POSE_KEYS = ("ate", "rpe_trans", "rpe_rot")
 _STATIC_EPS = 100.0  # x float eps of the input dtype: centre spread below this (relative) counts as static
@@ -67,6 +67,15 @@ def _is_static(centres: Tensor, dtype: torch.dtype) -> Tensor:
     return spread <= _STATIC_EPS * eps * magnitude
 
 
+def static_camera_clips(pred_extrinsics: Tensor, gt_extrinsics: Tensor) -> Tensor:
+    """(..., S, 3|4, 4) camera-from-world pairs -> (...) bool: clips whose predicted or GT camera centres do not
+    move (a still camera or a pure rotation), for which `pose_errors` is NaN (the Sim(3) alignment is undefined)."""
+    _check_pair(pred_extrinsics, gt_extrinsics)
+    est = se3_inverse(pred_extrinsics[..., :3, :].double())[..., 3]
+    ref = se3_inverse(gt_extrinsics[..., :3, :].double())[..., 3]
+    return _is_static(est, pred_extrinsics.dtype) | _is_static(ref, gt_extrinsics.dtype)
+
+
 def pose_errors(pred_extrinsics: Tensor, gt_extrinsics: Tensor) -> dict[str, Tensor]:
     """ATE and RPE (evo protocol) of one clip; also vectorised over leading dims.
 
@@ -79,7 +88,7 @@ def pose_errors(pred_extrinsics: Tensor, gt_extrinsics: Tensor) -> dict[str, Ten
     # camera-to-world poses [R_c2w | centre], (..., S, 3, 4), float64 as evo
     est = se3_inverse(pred_extrinsics[..., :3, :].double())
     ref = se3_inverse(gt_extrinsics[..., :3, :].double())
-    degenerate = _is_static(est[..., 3], pred_extrinsics.dtype) | _is_static(ref[..., 3], gt_extrinsics.dtype)
+    degenerate = static_camera_clips(pred_extrinsics, gt_extrinsics)
 
     scale, R_a, t_a = umeyama_sim3(est[..., 3], ref[..., 3])  # fit over the S centres
     R_a = R_a[..., None, :, :]  # (..., 1, 3, 3): same alignment for every frame

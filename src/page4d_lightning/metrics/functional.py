@@ -18,11 +18,13 @@ from page4d_lightning.metrics._pose import (
     pose_auc,
     pose_errors,
     relative_pose_angle_errors,
+    static_camera_clips,
 )
 from page4d_lightning.metrics._tracking import TRACKING_KEYS, TRACKING_THRESHOLDS, tracking_errors
 
 __all__ = [
     "POSE_KEYS", "pose_errors", "pose_auc", "relative_pose_angle_errors", "auc_histogram", "auc_from_histogram",
+    "static_camera_clips",
     "DEPTH_KEYS", "DEPTH_ALIGNERS", "DEPTH_PROTOCOLS", "depth_errors", "depth_protocol",
     "POINT_KEYS", "point_errors", "nearest_neighbors", "point_map_normals",
     "TRACKING_KEYS", "TRACKING_THRESHOLDS", "tracking_errors",
