@@ -18,7 +18,7 @@ DATA_ROOT ?=
 CKPT ?= checkpoints/$(DATASET)/last.ckpt
 ARGS ?=
 
-.PHONY: help install venv lock test-latest check-experiment train validate test lint format bench tensorboard clean
+.PHONY: help install venv lock test-latest check-experiment train validate eval test lint format bench tensorboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ train: check-experiment install ## train: `make train [DATASET=synthetic] [DATA_
 
 validate: check-experiment install ## validate a checkpoint: `make validate [DATASET=..] [CKPT=..]`
 	$(VENV)/bin/page4d validate --config $(EXPERIMENT) --ckpt_path $(CKPT) $(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) $(ARGS)
+
+BENCH ?=
+PROTOCOL ?=
+eval: install ## benchmarks: `make eval CKPT=X [BENCH=sintel,bonn] [PROTOCOL=official|standard] [DATA_ROOT=/data]`
+	$(VENV)/bin/page4d eval --ckpt $(CKPT) $(if $(BENCH),--bench $(BENCH)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
+		$(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(ARGS)
 
 test: install ## run the test suite (CPU)
 	$(PY) -m pytest -q $(ARGS)

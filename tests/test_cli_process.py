@@ -40,10 +40,10 @@ def test_help_lists_every_command_and_tool(tmp_path: Path) -> None:
     run = run_page4d("--help", cwd=tmp_path)
     assert run.returncode == 0, explain(run)
     listed = [line.split()[0] for line in run.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "data", "pack", "export-weights", "analyze-layers"]
+    assert listed == ["fit", "validate", "test", "predict", "data", "pack", "export-weights", "eval", "analyze-layers"]
     bare = run_page4d(cwd=tmp_path)
     assert bare.returncode == 2 and bare.stdout == run.stdout
-    for tool in ("data", "pack", "export-weights", "analyze-layers"):
+    for tool in ("data", "pack", "export-weights", "eval", "analyze-layers"):
         tool_help = run_page4d(tool, "--help", cwd=tmp_path)
         assert tool_help.returncode == 0 and f"page4d {tool}" in tool_help.stdout, explain(tool_help)
     assert not list(tmp_path.iterdir())

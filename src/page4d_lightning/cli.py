@@ -45,6 +45,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "pack": ("page4d_lightning.tools.pack:pack_main", "pack a dataset into HDF5 shards (dataset 'packed')"),
     "export-weights": ("page4d_lightning.tools.export_weights:export_weights_main",
                        "a run's checkpoint -> the model's weights with the official key names"),
+    "eval": ("page4d_lightning.tools.evaluate:evaluate_main",
+             "every benchmark protocol of experiments/eval/ with a data root -> results/<run>/ tables"),
     "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
                        "per-block noise, attention and mask-swap measures; a freeze policy"),
 }

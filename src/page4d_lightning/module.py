@@ -115,7 +115,7 @@ class Page4DModule(L.LightningModule):
         mask_strength: float = 0.0,
         max_bad_steps: int = 20,
         point_metrics: bool = False,
-        evaluation: dict[str, Any] | None = None,
+        evaluation: EvalProtocol | None = None,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -126,7 +126,11 @@ class Page4DModule(L.LightningModule):
         if isinstance(finetune, str) and finetune not in FINETUNE_PRESETS:
             self.hparams.finetune = read_finetune_file(finetune)  # the policy itself: checkpoints need no file
         self.mask_schedule = MaskSchedule(**mask_schedule) if mask_schedule is not None else None
-        self.evaluation = EvalProtocol(**evaluation) if evaluation is not None else None
+        if isinstance(evaluation, dict):
+            evaluation = EvalProtocol(**evaluation)
+        self.evaluation = evaluation
+        if evaluation is not None:
+            self.hparams.evaluation = asdict(evaluation)  # plain values in checkpoints and logs
         self.skipped_clips: dict[str, list[dict[str, str]]] = {}  # stage -> clips a metric left out, and why
         self._eval_rows: list[dict[str, Any]] = []
         self.bad_steps_total = 0
