@@ -160,6 +160,8 @@ class ClipBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None, float | None, int]] | list[int]]:
         skip, self.resume_batches = self.resume_batches, 0  # only the epoch that was interrupted
+        if skip >= len(self):
+            skip = 0  # the checkpoint ended its epoch: this one starts from its first batch
         indices = iter(self.sampler)
         for k, size in enumerate(self._batch_sizes()):
             batch = [int(next(indices)) for _ in range(size)]  # drawn even when skipped: the later batches stay

@@ -174,5 +174,6 @@ def test_resume_batches_continues_the_interrupted_epoch_only() -> None:
     shard = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=False)
     whole = list(_update_dataloader(uninterrupted, shard))
     assert len(whole) > 2 and list(_update_dataloader(loader, shard)) == whole[2:]
+    assert list(sampler(len(full))) == full  # a checkpoint at the end of its epoch: the next epoch is whole
     with pytest.raises(ValueError, match="resume_batches"):
         sampler(-1)
