@@ -24,6 +24,9 @@ BENCHMARKS = {
     "metrics": "bench_metrics",
     "datasets": "bench_datasets",
     "finetune": "bench_finetune",
+    "eval": "bench_eval",
+    "windowed": "bench_windowed",
+    "predict_video": "bench_predict",
 }
 
 

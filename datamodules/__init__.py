@@ -19,6 +19,7 @@ import datamodules.waymo  # noqa: F401
 from datamodules.base import DATASETS, Page4DDataModule, collate_clips, get_dataset_class, register_dataset
 from datamodules.sequence import Frame, SequenceDataset, Tracks
 from datamodules.synthetic import SyntheticDataModule, SyntheticDynamicDataset
+from datamodules.video import VideoDataModule, VideoDataset
 
 __all__ = [
     "DATASETS",
@@ -28,6 +29,8 @@ __all__ = [
     "Page4DDataModule",
     "SyntheticDataModule",
     "SyntheticDynamicDataset",
+    "VideoDataModule",
+    "VideoDataset",
     "collate_clips",
     "get_dataset_class",
     "register_dataset",

@@ -337,3 +337,16 @@ def test_wxyz_quaternions_give_the_same_rotation() -> None:
     q = torch.randn(7, 4, dtype=torch.float64)
     wxyz = q[:, [3, 0, 1, 2]].numpy()
     np.testing.assert_allclose(quat_to_rotmat(wxyz_to_xyzw(wxyz)), quat_to_rotmat(q).numpy(), atol=1e-12)
+
+
+def test_resize_crop_source_mapping_inverts_resize_crop() -> None:
+    from datamodules.transforms import ResizeCrop
+    from page4d_lightning.geometry import resize_crop_source_intrinsics, resize_crop_source_points
+
+    plan = ResizeCrop((480, 640), (378, 518), (7, 3), (364, 504), window=(10, 20, 400, 600))
+    uv = np.random.default_rng(0).uniform(0, 300, (20, 2))
+    back = resize_crop_source_points(plan.points(uv), plan.scale_xy, plan.offset_xy, plan.window_xyhw[:2])
+    np.testing.assert_allclose(back, uv, atol=1e-9)
+    K = np.array([[500.0, 0, 321.3], [0, 480.0, 239.1], [0, 0, 1]])
+    K_back = resize_crop_source_intrinsics(plan.intrinsics(K), plan.scale_xy, plan.offset_xy, plan.window_xyhw[:2])
+    np.testing.assert_allclose(K_back, K, atol=1e-9)

@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from page4d_lightning.callbacks import LastCheckpoint, MetricsFile, SlurmRequeue
-from page4d_lightning.models.weights import torch_file_problem
+from page4d_lightning.models.weights import checkpoint_model_args, torch_file_problem
 from page4d_lightning.module import Page4DModule
 from page4d_lightning.precision import TRUE_HALF, InputHalfPrecision
 
@@ -156,6 +156,66 @@ def expand_config_bases(argv: list[str]) -> list[str]:
     return out
 
 
+PREDICT_SHORTHAND = {  # `page4d predict` flag -> VideoDataModule init arg (None: the export writer's `out`)
+    "--input": "input", "--out": None, "--query-points": "query_points", "--query-grid": "query_grid",
+    "--stride": "stride", "--fps": "fps", "--max-frames": "max_frames", "--window": "window",
+    "--overlap": "overlap", "--image-size": "image_size",
+}
+VIDEO_DATAMODULE = "datamodules.video.VideoDataModule"
+VIDEO_WRITER = "page4d_lightning.callbacks.VideoExportWriter"
+
+
+def expand_predict_shorthand(argv: list[str]) -> list[str]:
+    """`page4d predict --ckpt_path X --input VIDEO --out DIR [--query-points FILE | --query-grid G] [--stride N]
+    [--fps F] [--max-frames N] [--window N] [--overlap N] [--image-size W]` -> the LightningCLI form: `--data`
+    VideoDataModule with those init args and `--trainer.callbacks+=` VideoExportWriter(out=DIR). Without `--config`,
+    the model preset comes from the checkpoint's hyper-parameters, or is vggt_1b for `--model.weights FILE`
+    (official VGGT-1B / PAGE-4D files) unless `--model.preset` is given. Other argv are returned unchanged."""
+    if not argv or argv[0] != "predict":
+        return argv
+    rest, values = [argv[0]], {}
+    i = 1
+    while i < len(argv):
+        flag, sep, value = argv[i].partition("=")
+        if flag in PREDICT_SHORTHAND:
+            if not sep:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{flag}: expected a value")
+                value = argv[i + 1]
+            values[flag] = value
+            i += 1 if sep else 2
+            continue
+        rest.append(argv[i])
+        i += 1
+    if not values:
+        return argv
+    if "--input" not in values or "--out" not in values:
+        raise ValueError("page4d predict: --input VIDEO|FOLDER|'GLOB' and --out DIR go together "
+                         f"(got {', '.join(sorted(values))})")
+    out = [*rest, "--data.class_path", VIDEO_DATAMODULE]
+    out += [f"--data.init_args.{PREDICT_SHORTHAND[f]}={v}" for f, v in values.items() if PREDICT_SHORTHAND[f]]
+    out += [f"--trainer.callbacks+={VIDEO_WRITER}", f"--trainer.callbacks.out={values['--out']}"]
+    flags = {a.partition("=")[0] for a in rest}
+    if not flags & {"--config", "-c", "--model.preset", "--model"}:
+        ckpt = _flag_value(rest, "--ckpt_path")
+        if ckpt is not None and is_local_checkpoint_file(ckpt):
+            problem = torch_file_problem(ckpt)
+            if problem is not None:
+                raise ValueError(f"--ckpt_path {ckpt}: {problem}; expected a Lightning checkpoint of `page4d fit`")
+            out += checkpoint_model_args(ckpt)
+        elif _flag_value(rest, "--model.weights") is not None:
+            out += ["--model.preset", "vggt_1b"]
+    return out
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        flag, sep, value = arg.partition("=")
+        if flag == name:
+            return value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
 def run_tool(name: str, args: list[str]) -> int:
     """Import and call the tool subcommand `name` with `args`."""
     module_name, func_name = TOOLS[name][0].split(":")
@@ -262,7 +322,7 @@ def main(args: list[str] | None = None) -> int:
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     try:
-        expanded = expand_config_bases(argv)
+        expanded = expand_config_bases(expand_predict_shorthand(argv))
     except ValueError as err:
         sys.stderr.write(f"page4d: error: {err}\n")
         return 2

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from page4d_lightning.geometry import depth_to_world_points, relative_to_first
+from page4d_lightning.inference import predict_clip, predict_sequence
 from page4d_lightning.metrics.functional import DEPTH_PROTOCOLS, depth_errors, pose_errors
 
 TASKS = ("video_depth", "mono_depth", "pose")
@@ -105,8 +106,6 @@ def predicted_depth(predictions: Mapping[str, Tensor], source: str) -> Tensor:
 def predict_for_protocol(model: torch.nn.Module, images: Tensor, protocol: EvalProtocol) -> dict[str, Tensor]:
     """images (S, 3, H, W) -> the decoded predictions the protocol scores: one forward for the whole sequence (or
     windows, `protocol.window`), or one forward per frame for `mono_depth`."""
-    from page4d_lightning.inference import predict_clip, predict_sequence
-
     dtype = getattr(torch, protocol.autocast) if protocol.autocast else None
     if protocol.task == "mono_depth":
         parts = [predict_clip(model, images[i : i + 1], autocast_dtype=dtype) for i in range(images.shape[0])]

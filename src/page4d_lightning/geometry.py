@@ -334,6 +334,35 @@ def umeyama_sim3(
     return scale, R, t
 
 
+# ------------------------------------------------------------------------------- resize / crop bookkeeping
+
+
+def resize_crop_source_points(
+    uv: np.ndarray, scale_xy: tuple[float, float], offset_xy: tuple[int, int], window_xy: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """Network-input pixels (..., 2) (x, y; OpenCV pixel centres) -> pixels of the source image, for an image that
+    was cropped to a window at `window_xy`, resized by `scale_xy` (x, y) and cropped at `offset_xy` (the inverse of
+    `datamodules.transforms.ResizeCrop.points`)."""
+    (sx, sy), (x0, y0), (wx, wy) = scale_xy, offset_xy, window_xy
+    out = np.array(uv, dtype=np.float64, copy=True)
+    out[..., 0] = (out[..., 0] + 0.5 + x0) / sx - 0.5 + wx
+    out[..., 1] = (out[..., 1] + 0.5 + y0) / sy - 0.5 + wy
+    return out
+
+
+def resize_crop_source_intrinsics(
+    K: np.ndarray, scale_xy: tuple[float, float], offset_xy: tuple[int, int], window_xy: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """(..., 3, 3) pixel intrinsics of the network input -> of the source image (inverse of `ResizeCrop.intrinsics`)."""
+    (sx, sy), (x0, y0), (wx, wy) = scale_xy, offset_xy, window_xy
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, :2] /= sx
+    K[..., 1, 1] /= sy
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5 + x0) / sx - 0.5 + wx
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5 + y0) / sy - 0.5 + wy
+    return K
+
+
 # ----------------------------------------------------------------------------------- GT normalisation
 
 

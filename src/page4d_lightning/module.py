@@ -36,6 +36,7 @@ from page4d_lightning.finetune import (
     read_finetune_file,
 )
 from page4d_lightning.geometry import pose_encoding_to_extri_intri
+from page4d_lightning.inference import predict_sequence
 from page4d_lightning.losses import MultitaskLoss
 from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
 from page4d_lightning.metrics.functional import static_camera_clips
@@ -357,21 +358,24 @@ class Page4DModule(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Predictions decoded to cameras, on the CPU: extrinsics (B,S,3,4), intrinsics, depth, masks."""
-        predictions = self.model(batch["images"])
-        hw = tuple(batch["images"].shape[-2:])
-        extrinsics, intrinsics = pose_encoding_to_extri_intri(predictions["pose_enc"].float(), hw)
-        out = {
-            "extrinsics": extrinsics,
-            "intrinsics": intrinsics,
-            "depth": predictions["depth"][..., 0],
-            "depth_conf": predictions["depth_conf"],
-            "world_points": predictions["world_points"],
-            "world_points_conf": predictions["world_points_conf"],
-            "dynamic_mask": predictions["dynamic_mask"],
-        }
-        out = {k: v.detach().float().cpu() for k, v in out.items()}
-        out["seq_name"] = batch.get("seq_name", [str(batch_idx)] * extrinsics.shape[0])
+        """Predictions decoded by `inference.predict_sequence`, on the CPU, per clip of the batch: extrinsics
+        (B,S,3,4), intrinsics, depth, confidences, world points, dynamic mask (and tracks with `query_points`
+        (B,N,2) in the batch). A batch with a `window` (frames) runs each clip in overlapping windows of that many
+        frames (`overlap`, default 8) chained by Sim(3); it then also holds `window_of_frame` (B,S)."""
+        images = batch["images"]
+        window, overlap = batch.get("window"), batch.get("overlap")
+        query = batch.get("query_points")
+        clips = [
+            predict_sequence(
+                self.model, images[b],
+                window=None if window is None else int(window),
+                overlap=8 if overlap is None else int(overlap),
+                query_points=None if query is None else query[b],
+            )
+            for b in range(images.shape[0])
+        ]
+        out: dict[str, Any] = {k: torch.stack([c[k] for c in clips]).cpu() for k in clips[0]}
+        out["seq_name"] = batch.get("seq_name", [str(batch_idx)] * images.shape[0])
         return out
 
     # ------------------------------------------------------------------------------------ optimiser

@@ -206,3 +206,19 @@ def load_weights(model: nn.Module, path: str | os.PathLike, track_head_from: str
     if hasattr(model, "set_mask_strength"):
         model.set_mask_strength(0.0)
     return report
+
+
+def checkpoint_model_args(ckpt: str | os.PathLike) -> list[str]:
+    """`--model.preset` / `--model.model_overrides` of a Lightning checkpoint (its hyper-parameters), so that a
+    tiny checkpoint is run with the tiny architecture (`page4d eval`, `page4d predict`); [] for a plain weights file.
+    Read with `weights_only=True` and `mmap=True`: nothing is unpickled, no tensor is loaded."""
+    import json
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not hparams:
+        return []
+    args = ["--model.preset", str(hparams.get("preset", "vggt_1b"))]
+    if hparams.get("model_overrides"):
+        args += ["--model.model_overrides", json.dumps(hparams["model_overrides"])]
+    return args

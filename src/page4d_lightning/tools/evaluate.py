@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from page4d_lightning.models.weights import checkpoint_model_args
 
 TABLES = {  # task -> (title, the columns of each benchmark)
     "video_depth": ("Video depth (AbsRel lower, delta<1.25 higher)", ("abs_rel", "delta_1_25")),
@@ -38,19 +38,6 @@ def protocol_files(folder: Path, benches: set[str] | None, protocols: set[str] |
         if (benches is None or bench in benches) and (protocols is None or protocol in protocols):
             files.append(path)
     return files
-
-
-def checkpoint_model_args(ckpt: str) -> list[str]:
-    """`--model.preset` / `--model.model_overrides` of a Lightning checkpoint (its hyper-parameters), so that a
-    tiny checkpoint is evaluated with the tiny architecture; [] for a plain weights file."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not hparams:
-        return []
-    args = ["--model.preset", str(hparams.get("preset", "vggt_1b"))]
-    if hparams.get("model_overrides"):
-        args += ["--model.model_overrides", json.dumps(hparams["model_overrides"])]
-    return args
 
 
 def _say(text: str) -> None:
