@@ -101,13 +101,15 @@ def test_pycolmap_reads_the_model_back(exported):
 
     folder, prediction, _, _ = exported
     cameras = json.loads((folder / "cameras.json").read_text())
-    model = pycolmap.Reconstruction(str(folder / "colmap"))
+    model = pycolmap.Reconstruction(str(folder / "colmap" / "sparse" / "0"))
     assert model.num_images() == 6 and model.num_cameras() == 6
     for image in model.images.values():
         frame = int(image.name.split("_")[1].split(".")[0])
         camera = model.cameras[image.camera_id]
         K = np.array(cameras["frames"][frame]["intrinsics"])
         assert (camera.height, camera.width) == SOURCE_HW
+        with Image.open(folder / "colmap" / "images" / image.name) as picture:  # the workspace's images/ folder
+            assert picture.size == (camera.width, camera.height)
         np.testing.assert_allclose(camera.params, [K[0, 0], K[1, 1], K[0, 2], K[1, 2]], atol=1e-5)
         np.testing.assert_allclose(image.cam_from_world().matrix(), prediction["extrinsics"][frame].numpy(),
                                    atol=1e-5)

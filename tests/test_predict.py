@@ -71,7 +71,8 @@ def test_predict_png_folder_in_windows_with_tracks(checkpoint: Path, tmp_path: P
     assert folder == tmp_path / "out" / "frames"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["settings"]["window"] == 4 and manifest["settings"]["frames"] == 6
-    assert {"tracks.mp4", "points.ply", "report.html", "recording.rrd", "colmap/cameras.bin"} <= set(manifest["files"])
+    assert {"tracks.mp4", "points.ply", "report.html", "recording.rrd", "colmap/sparse/0/cameras.bin",
+            "colmap/images/frame_000005.png"} <= set(manifest["files"])
     assert all((folder / f).is_file() for f in manifest["files"])
     depth = np.load(folder / "depth" / "frame_000005.npy")
     assert depth.shape == SOURCE_HW
