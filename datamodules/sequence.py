@@ -11,7 +11,13 @@ frame sampling (contiguous at a stride in a range, optional shuffled order; or r
 points from depth -> `normalize_sample` -> the DESIGN.md sample dict.
 
 A clip index may be an int or a key `(index, num_frames, aspect_ratio, epoch)` (variable clip shapes and
-per-epoch draws, see `datamodules.sampling`). Any file problem raises `ClipFormatError` naming the file; with
+per-epoch draws, see `datamodules.sampling`).
+
+Evaluation options: `frame_list` (a committed `<sequence> <frame id>` file: one clip per listed sequence holding
+exactly the listed frames; `frame_names(seq)` gives the ids as the dataset names them) and `resize: stretch` (the
+official evaluation's stretch to (aspect_ratio * image_size, image_size), `transforms.OfficialStretch`).
+
+Any file problem raises `ClipFormatError` naming the file; with
 `skip_bad_clips=True` the clip is logged, counted (`bad_clips`) and replaced by the next one instead.
 """
 
@@ -27,7 +33,14 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.io import ClipFormatError
-from datamodules.transforms import Photometric, ResizeCrop, augment_mode, output_size, plan_clip_geometry
+from datamodules.transforms import (
+    OfficialStretch,
+    Photometric,
+    ResizeCrop,
+    augment_mode,
+    output_size,
+    plan_clip_geometry,
+)
 from page4d_lightning.geometry import depth_to_world_points, nearest_rotation, normalize_sample, relative_to_first
 from page4d_lightning.types import Sample
 
@@ -35,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SKIPS = 32  # consecutive bad clips tolerated before giving up (a wrong root, not a bad file)
 FRAME_SAMPLING = ("contiguous", "random_with_replacement")
+RESIZE_MODES = ("crop", "stretch")
 
 
 @dataclass
@@ -106,6 +120,22 @@ class SequenceDataset(Dataset):
         sequences: only these sequence names (None = all found).
         seed: base seed; clip randomness is a function of (seed, epoch, index), so workers and ranks agree.
         skip_bad_clips: log, count and skip a clip whose files are bad instead of raising.
+        frame_list: path of a text file with one `<sequence> <frame id>` per line (`#` comments and blank lines
+            allowed; `read_frame_list`). A frame id is the frame's name as the dataset names it (`frame_names`:
+            Sintel `frame_0001`, TUM / Bonn the rgb timestamp of the file name, DyCheck `0_00000`, KITTI
+            `0000000005`), `@N` (position N in the reader's frame order) or `*` (every frame). The dataset then
+            has exactly one clip per listed sequence, in file order, holding exactly the listed frames in the listed
+            order, and only those sequences (`sequences` may narrow them further); `num_frames`, `stride`,
+            `frame_sampling`, `clips_per_sequence` and clip-key shapes are ignored. Samples also carry
+            `frame_names` (S strings; `collate_clips` makes S tuples of B). An unknown sequence or frame id raises
+            ClipFormatError naming the file, the line number and the sequence. None: the sampling above.
+        resize: "crop" (default): cover resize + crop to (H, W) as described by `aspect_ratio` / `augment`;
+            "stretch": every frame brought to exactly (H, W) = (floor(aspect_ratio * image_size / 14) * 14,
+            image_size) (`aspect_ratio: 1.0` with image_size 518: the official evaluation's 518x518; None: the
+            crop rule's H) by the official two-step composition (`transforms.OfficialStretch`): the width-`image_size`
+            preprocessing (which centre-crops portrait frames to at most square), then an anisotropic bilinear
+            stretch without cropping. Intrinsics, depth (exact nearest) and masks follow. Evaluation only: it
+            takes `augment` none.
     """
 
     accepts_clip_keys: ClassVar[bool] = True  # takes (index, num_frames, aspect_ratio, epoch) keys
@@ -132,6 +162,8 @@ class SequenceDataset(Dataset):
         seed: int = 0,
         skip_bad_clips: bool = False,
         frame_sampling: str = "contiguous",
+        frame_list: str | None = None,
+        resize: str = "crop",
     ) -> None:
         if root is None:
             raise ValueError(f"{type(self).__name__}: `root` is required (the folder of the downloaded dataset)")
@@ -151,19 +183,31 @@ class SequenceDataset(Dataset):
             raise ValueError(f"frame_sampling: expected one of {', '.join(FRAME_SAMPLING)}, got {frame_sampling!r}")
         self.frame_sampling = frame_sampling
         self.augment = augment_mode(augment)  # "none" | "clip" | "official"
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if resize == "stretch" and self.augment != "none":
+            raise ValueError(f"resize: stretch is the evaluation geometry and takes augment none, got {augment!r}")
+        self.resize = resize
         self.shuffle_frames, self.max_zoom = shuffle_frames, max_zoom
         self.num_tracks, self.seed, self.skip_bad_clips = num_tracks, seed, skip_bad_clips
         self.epoch = 0
         self.bad_clips = 0
         found = self.find_sequences()
+        self.frame_selection: dict[str, list[int]] | None = None  # frame_list: sequence -> listed positions
+        if frame_list is not None:
+            self.sequences = found  # the default `frame_names` reads the counts
+            self.frame_selection = self._select_frames(frame_list, found)
+            found = {seq: found[seq] for seq in self.frame_selection}
         if sequences is not None:
             unknown = sorted(set(sequences) - set(found))
             if unknown:
-                raise ValueError(f"sequences: {unknown} not found under {self.root}; found {sorted(found)[:20]}")
-            found = {k: found[k] for k in sequences}
+                where = f"in {frame_list}" if frame_list is not None else f"under {self.root}"
+                raise ValueError(f"sequences: {unknown} not found {where}; found {sorted(found)[:20]}")
+            order = sequences if frame_list is None else [seq for seq in found if seq in sequences]  # list: file order
+            found = {k: found[k] for k in order}
         if not found:
             raise ClipFormatError(f"{self.root}: no {self.name} sequences found for split {split!r}")
-        self.sequences = dict(sorted(found.items()))
+        self.sequences = dict(sorted(found.items())) if frame_list is None else found  # frame_list: file order
         self.clips = self._index_clips(clips_per_sequence)
         self._photometric = Photometric(self.augment) if self.augment != "none" else None
 
@@ -180,11 +224,54 @@ class SequenceDataset(Dataset):
         """Tracks over frames `ids` (native pixels), or None when the dataset has none."""
         return None
 
+    def frame_names(self, seq: str) -> list[str]:
+        """Each frame's id as the dataset names it, in position order (frame lists, `frame_names` of samples);
+        default: the positions as strings."""
+        return [str(i) for i in range(self.sequences[seq])]
+
+    # ------------------------------------------------------------------------------- frame lists
+    def _select_frames(self, path: str | Path, found: dict[str, int]) -> dict[str, list[int]]:
+        """`frame_list` -> sequence -> positions, sequences in file order, frames in listed order."""
+        selection: dict[str, list[int]] = {}
+        lookup: dict[str, dict[str, int]] = {}
+        for line, seq, frame in read_frame_list(path):
+            where = f"{path}, line {line}"
+            if seq not in found:
+                raise ClipFormatError(f"{where}: sequence {seq!r} not found under {self.root} ({self.name}); "
+                                      f"found {sorted(found)[:20]}")
+            count = found[seq]
+            if frame == "*":
+                positions = list(range(count))
+            elif frame.startswith("@"):
+                position = int(frame[1:]) if frame[1:].isdigit() else -1
+                if not 0 <= position < count:
+                    raise ClipFormatError(f"{where}: sequence {seq!r} has no frame {frame} "
+                                          f"(positions @0..@{count - 1})")
+                positions = [position]
+            else:
+                if seq not in lookup:
+                    names = self.frame_names(seq)
+                    lookup[seq] = {name: i for i, name in enumerate(names)}
+                if frame not in lookup[seq]:
+                    names = list(lookup[seq])
+                    raise ClipFormatError(f"{where}: sequence {seq!r} has no frame {frame!r} ({count} frames, "
+                                          f"{names[0]!r} ... {names[-1]!r})")
+                positions = [lookup[seq][frame]]
+            selection.setdefault(seq, []).extend(positions)
+        if not selection:
+            raise ClipFormatError(f"{path}: frame list names no frame (expected `<sequence> <frame id>` lines)")
+        self._selected_names = {seq: [self.frame_names(seq)[i] for i in ids] for seq, ids in selection.items()}
+        return selection
+
     # ------------------------------------------------------------------------------------- index
     def _index_clips(self, clips_per_sequence: int | None) -> list[tuple[str, int]]:
-        """(sequence, window) pairs: `clips_per_sequence` windows per sequence, or one per S frames."""
+        """(sequence, window) pairs: `clips_per_sequence` windows per sequence, or one per S frames (one per
+        sequence with a frame list)."""
         clips = []
         self.windows: dict[str, int] = {}
+        if self.frame_selection is not None:
+            self.windows = {seq: 1 for seq in self.sequences}
+            return [(seq, 0) for seq in self.sequences]
         for seq, count in self.sequences.items():
             n = clips_per_sequence if clips_per_sequence is not None else max(1, count // self.num_frames)
             self.windows[seq] = n
@@ -209,7 +296,10 @@ class SequenceDataset(Dataset):
     def frame_ids(self, seq: str, window: int, num_frames: int, rng: np.random.Generator) -> list[int]:
         """S frame positions: contiguous at a stride drawn from `stride`, starting in window `window`
         (windows evenly spaced over the sequence, a random start inside it when training); or, with
-        `frame_sampling="random_with_replacement"`, S uniform draws over the sequence (the window unused)."""
+        `frame_sampling="random_with_replacement"`, S uniform draws over the sequence (the window unused); with a
+        frame list, exactly the listed frames (`num_frames` unused)."""
+        if self.frame_selection is not None:
+            return list(self.frame_selection[seq])
         count = self.sequences[seq]
         if self.frame_sampling == "random_with_replacement":
             return [int(i) for i in rng.integers(0, count, size=num_frames)]
@@ -270,17 +360,22 @@ class SequenceDataset(Dataset):
         aspect = aspect_ratio if aspect_ratio is not None else self._aspect(rng, source_hw)
         out_hw = output_size(source_hw, self.image_size, aspect)
         intrinsics = [np.asarray(f.intrinsics, dtype=np.float64) for f in frames]
-        geometry = plan_clip_geometry(self.augment, source_hw, out_hw, intrinsics, rng, self.max_zoom)  # per frame
+        if self.resize == "stretch":
+            geometry = [OfficialStretch.plan(source_hw, out_hw, self.image_size)] * len(frames)
+        else:
+            geometry = plan_clip_geometry(self.augment, source_hw, out_hw, intrinsics, rng, self.max_zoom)  # per frame
         sample = self._assemble(frames, geometry, rng)
         if self.num_tracks > 0:
             tracks = self.load_tracks(seq, ids)
             if tracks is not None:
                 sample.update(self._tracks(tracks, geometry, rng, f"{self.name}/{seq}"))
         sample.update(dataset=self.name, seq_name=seq, ids=torch.tensor(ids))
+        if self.frame_selection is not None:
+            sample["frame_names"] = list(self._selected_names[seq])
         return normalize_sample(sample) if self.normalize else sample
 
     def _assemble(
-        self, frames: list[Frame], geometry: list[ResizeCrop], rng: np.random.Generator
+        self, frames: list[Frame], geometry: list[ResizeCrop | OfficialStretch], rng: np.random.Generator
     ) -> dict[str, Any]:
         """Frames + one `ResizeCrop` per frame -> the sample dict (before normalisation)."""
         images = np.stack([g.image(f.image) for f, g in zip(frames, geometry)])  # (S, H, W, 3) uint8
@@ -316,7 +411,7 @@ class SequenceDataset(Dataset):
         return sample
 
     def _tracks(
-        self, tracks: Tracks, geometry: list[ResizeCrop], rng: np.random.Generator, where: str
+        self, tracks: Tracks, geometry: list[ResizeCrop | OfficialStretch], rng: np.random.Generator, where: str
     ) -> dict[str, Any]:
         """Pick `num_tracks` tracks visible in the first frame, in output pixels (fewer -> repeated, positive False);
         frame s is mapped by `geometry[s]`."""
@@ -369,6 +464,23 @@ def reader_rotation(matrix: np.ndarray, where: str) -> np.ndarray:
         return nearest_rotation(np.asarray(matrix, dtype=np.float64), "rotation")
     except ValueError as err:
         raise ClipFormatError(f"{where}: {err}") from None
+
+
+def read_frame_list(path: str | Path) -> list[tuple[int, str, str]]:
+    """A frame list file -> (line number, sequence, frame id) per entry; `#` starts a comment, blank lines are
+    skipped. ClipFormatError naming the file and line for a missing file or a line that is not two fields."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ClipFormatError(f"{path}: missing frame list (expected `<sequence> <frame id>` lines)")
+    entries = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = text.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ClipFormatError(f"{path}, line {number}: expected `<sequence> <frame id>`, got {text.strip()!r}")
+        entries.append((number, fields[0], fields[1]))
+    return entries
 
 
 def parse_clip_key(key: int | tuple | list) -> tuple[int, int | None, float | None, int | None]:

@@ -17,6 +17,9 @@ Augmentation recipes (`AUGMENT_MODES`; every draw comes from the clip's rng, a f
   so zoom and pixel aspect vary per frame and fx != fy. Colour: ColorJitter(0.5, 0.5, 0.5, 0.1) p 0.9 and
   grey p 0.05, no blur, the same draw for the whole clip 70 % of the time and one draw per frame otherwise
   (`augmentation.py:27-63`, `composed_dataset.py:125-133`, `cojitter_ratio: 0.3`).
+
+Evaluation geometry `resize: stretch` (`OfficialStretch`): the official evaluation's input, two resamplings composed
+(see the class).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 PATCH = 14
 AUGMENT_MODES = ("none", "clip", "official")
@@ -228,6 +232,99 @@ class ResizeCrop:
         """(..., 2) output pixels -> bool: inside the output image (pixel areas included)."""
         oh, ow = self.out_hw
         return (uv[..., 0] >= -0.5) & (uv[..., 0] < ow - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] < oh - 0.5)
+
+
+@dataclass(frozen=True)
+class OfficialStretch:
+    """The official evaluation's input geometry (`resize: stretch`), two resamplings composed, as its code does them.
+
+    1. `first`: VGGT's `load_and_preprocess_images(mode="crop")` (vggt/utils/load_fn.py): width W = `image_size`,
+       H1 = round(h (W / w) / 14) 14, PIL bicubic, then rows centre-cropped to at most W (start (H1 - W) // 2).
+    2. `second`: `F.interpolate(mode="bilinear", align_corners=False)` of that to `out_hw` (kaichen-z/PAGE4D
+       `eval/eval/video_depth/launch_page.py` `resize_or_crop(..., crop=False)`; 518x518 there).
+
+    Sintel 1024x436 -> 518x224 -> 518x518 (a 2.31x vertical stretch); Bonn / TUM 640x480 -> 518x392 -> 518x518;
+    portrait DyCheck 720x960 -> 518x686, rows 84..601 kept -> 518x518 (a crop, not a stretch). Pixel-centre
+    resizes compose exactly (u'' = s2 (s1 (u + 0.5)) - 0.5), so for landscape frames the geometry (intrinsics,
+    nearest depth) equals ONE resize to `out_hw`; the image differs from one resize only by the double resampling,
+    which is reproduced (bicubic, then bilinear; uint8 after each step, the official keeps floats after step 1).
+    Depth and masks take, per output pixel, the source pixel nearest to where its centre lands through both steps
+    (exact nearest of the composed map, not nearest of nearest); sparse depth is re-splatted through both.
+    Same interface as `ResizeCrop` (image, nearest, sparse_depth, intrinsics, points, inside, out_hw).
+    """
+
+    first: ResizeCrop
+    second: ResizeCrop
+
+    @classmethod
+    def plan(cls, source_hw: tuple[int, int], out_hw: tuple[int, int], image_size: int) -> OfficialStretch:
+        """The two steps for a (h, w) source, network input `out_hw`, and the width-`image_size` preprocessing."""
+        (h, w), width = source_hw, int(image_size)
+        height = max(PATCH, round(h * (width / w) / PATCH) * PATCH)  # load_fn.py: the official expression
+        kept = min(height, width)
+        first = ResizeCrop((h, w), (height, width), (0, (height - kept) // 2), (kept, width))
+        return cls(first, ResizeCrop((kept, width), tuple(out_hw), (0, 0), tuple(out_hw)))
+
+    @property
+    def source_hw(self) -> tuple[int, int]:
+        return self.first.source_hw
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return self.second.out_hw
+
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 -> (H, W, 3) uint8: PIL bicubic to (H1, W), centre rows, then bilinear to `out_hw`."""
+        self.first._check(image, "image")
+        (height, width), (oh, ow) = self.first.resized_hw, self.out_hw
+        resized = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+        kept = self.first._crop(resized)
+        if kept.shape[:2] == (oh, ow):
+            return kept
+        return cv2.resize(kept, (ow, oh), interpolation=cv2.INTER_LINEAR)  # = F.interpolate bilinear, no antialias
+
+    def _source_index(self, axis: int) -> np.ndarray:
+        """Source row (axis 0) or column (axis 1) nearest to each output pixel centre mapped through both steps."""
+        s1 = self.first.resized_hw[axis] / self.first.source_hw[axis]
+        s2 = self.second.resized_hw[axis] / self.second.source_hw[axis]
+        offset = self.first.offset_xy[1 - axis]  # offset_xy is (x0, y0)
+        out = np.arange(self.out_hw[axis], dtype=np.float64)
+        index = np.floor(((out + 0.5) / s2 + offset) / s1).astype(np.int64)  # floor(source coordinate + 0.5)
+        return np.clip(index, 0, self.first.source_hw[axis] - 1)
+
+    def nearest(self, array: np.ndarray, name: str = "map") -> np.ndarray:
+        """Dense depth / masks (h, w) -> (H, W) by exact nearest neighbour of the composed map (bool kept bool)."""
+        self.first._check(array, name)
+        return np.ascontiguousarray(array[np.ix_(self._source_index(0), self._source_index(1))])
+
+    def sparse_depth(self, depth: np.ndarray) -> np.ndarray:
+        """Sparse z-depth (h, w), 0 = no return -> (H, W): each valid pixel lands on its new pixel; nearest wins."""
+        self.first._check(depth, "depth")
+        v, u = np.nonzero(depth > 0)
+        z = depth[v, u]
+        middle = self.first.points(np.stack([u, v], axis=-1).astype(np.float64))
+        kept = self.first.inside(middle)  # rows cropped away by step 1 are gone
+        uv = self.second.points(middle[kept])
+        col, row, z = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64), z[kept]
+        oh, ow = self.out_hw
+        keep = (col >= 0) & (col < ow) & (row >= 0) & (row < oh)
+        col, row, z = col[keep], row[keep], z[keep]
+        order = np.argsort(-z, kind="stable")  # far first, so the nearest surface is written last
+        out = np.zeros(self.out_hw, dtype=np.float32)
+        out[row[order], col[order]] = z[order]
+        return out
+
+    def intrinsics(self, K: np.ndarray) -> np.ndarray:
+        """(3, 3) pixel K of the source image -> K of the output image (both steps)."""
+        return self.second.intrinsics(self.first.intrinsics(K))
+
+    def points(self, uv: np.ndarray) -> np.ndarray:
+        """Pixel coordinates (..., 2) (x = column, y = row) of the source -> of the output image."""
+        return self.second.points(self.first.points(uv))
+
+    def inside(self, uv: np.ndarray) -> np.ndarray:
+        """(..., 2) output pixels -> bool: inside the output image (pixel areas included)."""
+        return self.second.inside(uv)
 
 
 def photometric_augmentation(strength: float = 1.0):
