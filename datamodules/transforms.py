@@ -247,7 +247,8 @@ class OfficialStretch:
     portrait DyCheck 720x960 -> 518x686, rows 84..601 kept -> 518x518 (a crop, not a stretch). Pixel-centre
     resizes compose exactly (u'' = s2 (s1 (u + 0.5)) - 0.5), so for landscape frames the geometry (intrinsics,
     nearest depth) equals ONE resize to `out_hw`; the image differs from one resize only by the double resampling,
-    which is reproduced (bicubic, then bilinear; uint8 after each step, the official keeps floats after step 1).
+    which is reproduced (PIL bicubic to uint8 as the official, then bilinear; the official keeps the bilinear
+    output in float, we round it to uint8: <= 1 level apart).
     Depth and masks take, per output pixel, the source pixel nearest to where its centre lands through both steps
     (exact nearest of the composed map, not nearest of nearest); sparse depth is re-splatted through both.
     Same interface as `ResizeCrop` (image, nearest, sparse_depth, intrinsics, points, inside, out_hw).

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from fsspec.utils import get_protocol
 from jsonargparse import set_parsing_settings
@@ -227,7 +228,8 @@ class Page4DCLI(LightningCLI):
 
     - `--ckpt_path FILE` is checked before anything loads it (a truncated file is named);
     - with `--ckpt_path FILE` the model's initial `weights` are not loaded: the checkpoint restores the whole
-      model, so evaluating or resuming a run does not need the file it was initialised from;
+      model, so evaluating or resuming a run does not need the file it was initialised from; the checkpoint
+      sets the architecture (preset, model_overrides), the config and command line everything else;
     - `fit` always has a `LastCheckpoint` (one is added in `trainer.default_root_dir` when the config has none);
     - `validate` / `test` write their metrics to `trainer.default_root_dir/metrics_<stage>.{json,csv}` (`MetricsFile`);
     - `bf16-true` / `16-true` cast the images only (`page4d_lightning.precision`): ground truth stays float32;
@@ -252,6 +254,21 @@ class Page4DCLI(LightningCLI):
             problem = slurm_mismatch(self.config[subcommand].get("trainer") or {})
             if problem:
                 parser.error(problem)
+
+    def _parse_ckpt_path(self) -> None:
+        """With `--ckpt_path FILE`, the checkpoint fixes the architecture only (`preset`, `model_overrides`, so that
+        its weights load); every other model argument comes from the config and the command line. Lightning's own
+        version lets all the checkpoint's hyper-parameters override them, which would silently drop an
+        `evaluation` protocol or an evaluation mask strength given for this run."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        hparams = checkpoint.get("hyper_parameters") or {} if isinstance(checkpoint, dict) else {}
+        architecture = {k: hparams[k] for k in ("preset", "model_overrides") if k in hparams}
+        if architecture:
+            self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -23,7 +23,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from page4d_lightning.evaluation import EvalProtocol, aggregate, predict_for_protocol, score_sequence, write_results
+from page4d_lightning.evaluation import (
+    EvalProtocol,
+    aggregate,
+    predict_for_protocol,
+    score_sequence,
+    table_columns,
+    write_results,
+)
 from page4d_lightning.finetune import (
     FINETUNE_PRESETS,
     FinetuneConfig,
@@ -315,7 +322,8 @@ class Page4DModule(L.LightningModule):
             meta = {"checkpoint": self.trainer.ckpt_path or self.hparams.weights, "settings": asdict(protocol)}
             paths = write_results(protocol, rows, summary, meta)
             rank_zero_info(paths[-1].read_text() + f"wrote {', '.join(map(str, paths))}")
-        means = {f"test/{protocol.name}/{k}": float(v) for k, v in summary.items() if isinstance(v, float)}
+        columns = table_columns(protocol.task, rows)  # the paper's columns; every metric is in the tables
+        means = {f"test/{protocol.name}/{k}": float(summary.get(k, float("nan"))) for k in columns}
         means[f"test/{protocol.name}/skipped"] = float(len(summary["skipped"]))
         self.log_dict(means, rank_zero_only=True)
 
