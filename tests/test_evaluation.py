@@ -112,3 +112,40 @@ def test_bad_protocols_name_the_field() -> None:
     with pytest.raises(ValueError, match="evaluation.depth_source"):
         EvalProtocol(benchmark="sintel", task="video_depth", depth_source="z")
     assert math.isnan(aggregate([], "pose")["ate"])
+
+
+# ------------------------------------------------------------------- known answers on each benchmark's real layout
+def _reader_sample(name: str, root) -> dict:
+    """The first sequence of a benchmark fixture, read by its registered reader as the protocols read it (every
+    frame, metric ground truth), at 56 px."""
+    from pathlib import Path
+
+    from datamodules import get_dataset_class
+    from tests.data.bonn.make_fixture import write_fixture as bonn
+    from tests.data.dycheck.make_fixture import write_fixture as dycheck
+    from tests.data.kitti.make_fixture import write_fixture as kitti
+    from tests.data.sintel.make_fixture import write_fixture as sintel
+    from tests.data.tum.make_fixture import write_fixture as tum
+
+    writers = {"sintel": sintel, "bonn": bonn, "tum": tum, "dycheck": dycheck, "kitti": kitti}
+    writers[name](Path(root))
+    dataset = get_dataset_class(name)(root=str(root), image_size=56, normalize=False)
+    frames = Path(root) / "frames.txt"
+    frames.write_text(f"{next(iter(dataset.sequences))} *\n")
+    return get_dataset_class(name)(root=str(root), image_size=56, normalize=False, frame_list=str(frames))[0]
+
+
+@pytest.mark.parametrize("benchmark", ["sintel", "bonn", "tum", "dycheck", "kitti"])
+def test_a_perfect_prediction_scores_zero_on_each_benchmark_layout(tmp_path, benchmark) -> None:
+    """The reader's own ground truth as the prediction, scaled by 2.5: AbsRel 0 after the protocol's alignment
+    (video and mono where the benchmark has depth presets) and ATE 0 after Sim(3) (where the camera moves)."""
+    sample = _reader_sample(benchmark, tmp_path)
+    prediction = _perfect(sample, 2.5)
+    tasks = {"sintel": ("video_depth", "mono_depth"), "bonn": ("video_depth", "mono_depth"), "tum": (),
+             "dycheck": ("video_depth", "mono_depth"), "kitti": ("video_depth", "mono_depth")}[benchmark]
+    for task in tasks:
+        row = score_sequence(prediction, sample, EvalProtocol(benchmark=benchmark, task=task))
+        assert row["valid_pixels"] > 0 and row["abs_rel"] == pytest.approx(0.0, abs=1e-5), (task, row)
+    row = score_sequence(prediction, sample, EvalProtocol(benchmark=benchmark, task="pose"))
+    assert "skipped" not in row, row  # every fixture camera moves
+    assert row["ate"] == pytest.approx(0.0, abs=1e-5) and row["rpe_rot"] < 1e-2, row
