@@ -78,6 +78,19 @@ def output_size(source_hw: tuple[int, int], image_size: int, aspect_ratio: float
     return max(PATCH, height), image_size
 
 
+def splat_depth(uv: np.ndarray, z: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Sparse depth samples at output pixels uv (N, 2) with values z (N,) -> (H, W) float32, 0 = no sample; each
+    sample lands on its nearest pixel, samples outside are dropped, and the nearest surface wins a collision."""
+    col, row = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64)
+    oh, ow = out_hw
+    keep = (col >= 0) & (col < ow) & (row >= 0) & (row < oh)
+    col, row, z = col[keep], row[keep], z[keep]
+    order = np.argsort(-z, kind="stable")  # far first, so the nearest surface is written last
+    out = np.zeros(out_hw, dtype=np.float32)
+    out[row[order], col[order]] = z[order]
+    return out
+
+
 @dataclass(frozen=True)
 class ResizeCrop:
     """Crop a window of a (h, w) image, resize it to `resized_hw`, then crop `out_hw` at `offset_xy` (x0, y0).
@@ -196,15 +209,7 @@ class ResizeCrop:
         in_window = (u >= wx) & (u < wx + ww) & (v >= wy) & (v < wy + wh)
         v, u = v[in_window], u[in_window]
         z = depth[v, u]
-        uv = self.points(np.stack([u, v], axis=-1).astype(np.float64))
-        col, row = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64)
-        (oh, ow) = self.out_hw
-        keep = (col >= 0) & (col < ow) & (row >= 0) & (row < oh)
-        col, row, z = col[keep], row[keep], z[keep]
-        order = np.argsort(-z, kind="stable")  # far first, so the nearest surface is written last
-        out = np.zeros(self.out_hw, dtype=np.float32)
-        out[row[order], col[order]] = z[order]
-        return out
+        return splat_depth(self.points(np.stack([u, v], axis=-1).astype(np.float64)), z, self.out_hw)
 
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
         """(3, 3) pixel K of the source image -> K of the output image."""
@@ -305,15 +310,7 @@ class OfficialStretch:
         z = depth[v, u]
         middle = self.first.points(np.stack([u, v], axis=-1).astype(np.float64))
         kept = self.first.inside(middle)  # rows cropped away by step 1 are gone
-        uv = self.second.points(middle[kept])
-        col, row, z = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64), z[kept]
-        oh, ow = self.out_hw
-        keep = (col >= 0) & (col < ow) & (row >= 0) & (row < oh)
-        col, row, z = col[keep], row[keep], z[keep]
-        order = np.argsort(-z, kind="stable")  # far first, so the nearest surface is written last
-        out = np.zeros(self.out_hw, dtype=np.float32)
-        out[row[order], col[order]] = z[order]
-        return out
+        return splat_depth(self.second.points(middle[kept]), z[kept], self.out_hw)
 
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
         """(3, 3) pixel K of the source image -> K of the output image (both steps)."""
