@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from datamodules.base import Page4DDataModule, register_dataset
 from datamodules.sequence import parse_clip_key
 from datamodules.synthetic.render import EPS, cast_rays, intrinsics_for, render
-from datamodules.synthetic.scene import Scene, sample_scene
+from datamodules.synthetic.scene import CHECKER_FREQUENCY, NOISE_FREQUENCY, Scene, sample_scene
 from datamodules.transforms import output_size
 from page4d_lightning.geometry import normalize_sample
 from page4d_lightning.types import Sample
@@ -92,6 +92,9 @@ class SyntheticDynamicDataset(Dataset):
     `root` is ignored (kept for the common dataset signature). `image_size` is the width W (a multiple of
     14); H = round(W * aspect_ratio / 14) * 14, at least 14. Clip `index` is a pure function of
     (seed, split, index). Frames are `frame_interval` seconds apart (larger = more motion per clip).
+    `checker_frequency` and `noise_frequency` are the texture bands in cycles per metre (default: fine,
+    repetitive checkers; low bands such as (0.5, 1.5) and (0.3, 3.0) give large unrepeated patterns, which make
+    frame-to-frame matching, and so relative pose, far less ambiguous).
     Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
     `page4d_lightning.geometry.normalize_sample` (which adds `scale`), built in camera 0's frame directly.
     """
@@ -111,6 +114,8 @@ class SyntheticDynamicDataset(Dataset):
         num_tracks: int = 64,
         split: str = "train",
         frame_interval: float = 0.1,
+        checker_frequency: tuple[float, float] = CHECKER_FREQUENCY,
+        noise_frequency: tuple[float, float] = NOISE_FREQUENCY,
     ) -> None:
         if not frame_interval > 0:
             raise ValueError(f"frame_interval: expected seconds between frames > 0, got {frame_interval}")
@@ -124,6 +129,9 @@ class SyntheticDynamicDataset(Dataset):
             raise ValueError(f"num_clips, num_tracks: expected >= 0, got {num_clips}, {num_tracks}")
         if len(num_objects) != 2 or not 0 <= num_objects[0] <= num_objects[1]:
             raise ValueError(f"num_objects: expected (min, max) with 0 <= min <= max, got {num_objects}")
+        for name, band in (("checker_frequency", checker_frequency), ("noise_frequency", noise_frequency)):
+            if len(band) != 2 or not 0 < band[0] <= band[1]:
+                raise ValueError(f"{name}: expected a band (lo, hi) in cycles per metre with 0 < lo <= hi, got {band}")
         self.root = root
         self.num_frames = num_frames
         self.width = image_size
@@ -135,6 +143,8 @@ class SyntheticDynamicDataset(Dataset):
         self.num_tracks = num_tracks
         self.split = split
         self.frame_interval = frame_interval
+        self.checker_frequency = (float(checker_frequency[0]), float(checker_frequency[1]))
+        self.noise_frequency = (float(noise_frequency[0]), float(noise_frequency[1]))
 
     def __len__(self) -> int:
         return self.num_clips
@@ -146,7 +156,9 @@ class SyntheticDynamicDataset(Dataset):
         generator in the state that track sampling continues from."""
         g = clip_generator(self.seed, self.split, index)
         S, H = num_frames or self.num_frames, height or self.height
-        return sample_scene(g, S, H / self.width, self.num_objects, self.frame_interval), g
+        scene = sample_scene(g, S, H / self.width, self.num_objects, self.frame_interval,
+                             self.checker_frequency, self.noise_frequency)
+        return scene, g
 
     def __getitem__(self, key: int | tuple) -> Sample:
         """Clip `key`: an int, or `(index, num_frames, aspect_ratio, epoch)` from `datamodules.sampling` (the

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 FRAME_DT = 0.1  # seconds between consecutive frames
 ROOM, BOX, SPHERE = 0, 1, 2  # primitive kinds
 NOISE_WAVES = 3  # sinusoids in each texture's noise term
+CHECKER_FREQUENCY = (2.0, 6.0)  # default band of the checker frequency, cycles per metre
+NOISE_FREQUENCY = (2.0, 12.0)  # default band of the noise stripes' frequencies, cycles per metre
 
 
 @dataclass
@@ -191,8 +193,11 @@ def _moving_object(
     return None
 
 
-def _appearance(draws: _Draws, num_prims: int) -> dict[str, Tensor]:
-    """Per-primitive solid-texture parameters (see `Scene`)."""
+def _appearance(
+    draws: _Draws, num_prims: int, checker_frequency: tuple[float, float], noise_frequency: tuple[float, float]
+) -> dict[str, Tensor]:
+    """Per-primitive solid-texture parameters (see `Scene`); frequencies are drawn uniformly from the (lo, hi)
+    bands in cycles per metre."""
     def table(lo: float, hi: float, *shape: int) -> Tensor:
         return torch.tensor(draws.uniforms(lo, hi, math.prod(shape))).reshape(num_prims, *shape[1:])
 
@@ -203,9 +208,10 @@ def _appearance(draws: _Draws, num_prims: int) -> dict[str, Tensor]:
         "color_a": color_a,
         "color_b": color_b,
         "face_tint": table(-0.3, 0.3, num_prims, 3, 3),
-        "checker_freq": table(2.0, 6.0, num_prims),
+        "checker_freq": table(*checker_frequency, num_prims),
         "checker_offset": table(0.0, 1.0, num_prims, 3),
-        "noise_k": waves * table(2 * math.pi * 2.0, 2 * math.pi * 12.0, num_prims, NOISE_WAVES, 1),
+        "noise_k": waves * table(2 * math.pi * noise_frequency[0], 2 * math.pi * noise_frequency[1],
+                                 num_prims, NOISE_WAVES, 1),
         "noise_phase": table(0.0, 2 * math.pi, num_prims, NOISE_WAVES),
     }
 
@@ -216,9 +222,12 @@ def sample_scene(
     aspect_ratio: float,
     num_objects: tuple[int, int] = (1, 4),
     frame_dt: float = FRAME_DT,
+    checker_frequency: tuple[float, float] = CHECKER_FREQUENCY,
+    noise_frequency: tuple[float, float] = NOISE_FREQUENCY,
 ) -> Scene:
     """Draw one random scene with `num_frames` frames `frame_dt` seconds apart; `aspect_ratio` = H / W of the
-    images it will be viewed in."""
+    images it will be viewed in. Texture bands (cycles per metre): the checker's `checker_frequency` and the
+    noise stripes' `noise_frequency`; low bands give large, unrepeated patterns (easy to match across frames)."""
     draws = _Draws(g)
     times = torch.arange(num_frames, dtype=torch.float32) * frame_dt
     room_half = torch.tensor([draws.uniform(2.5, 4.0), draws.uniform(1.1, 1.6), draws.uniform(3.0, 4.5)])
@@ -254,7 +263,7 @@ def sample_scene(
         half_sizes=torch.stack(halves),
         kinds=torch.tensor(kinds),
         dynamic=dynamic,
-        **_appearance(draws, len(kinds)),
+        **_appearance(draws, len(kinds), checker_frequency, noise_frequency),
         light_dir=light / light.norm(),
         ambient=draws.uniform(0.4, 0.55),
         cam_rotations=cam_rot,

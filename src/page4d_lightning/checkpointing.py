@@ -173,11 +173,14 @@ def _writer(suffix: str) -> Callable[[dict[str, Tensor], str], None]:
     return lambda state, path: torch.save(state, path)
 
 
-def export_weights(checkpoint_path: str | os.PathLike, output_path: str | os.PathLike) -> dict[str, Tensor]:
+def export_weights(
+    checkpoint_path: str | os.PathLike, output_path: str | os.PathLike, dtype: torch.dtype | None = None
+) -> dict[str, Tensor]:
     """Write the PAGE4D weights of a `Page4DModule` checkpoint to `output_path` (`.safetensors` or `.pt`).
 
     The file holds exactly `PAGE4D(config).state_dict()` (the official key names), so
-    `page4d_lightning.models.load_weights` loads it strictly. Returns the exported state dict.
+    `page4d_lightning.models.load_weights` loads it strictly. `dtype` (e.g. torch.float16, half the size) casts the
+    floating-point tensors; loading casts them back to the model's dtype. Returns the exported state dict.
     """
     checkpoint_path, output_path = os.fspath(checkpoint_path), os.fspath(output_path)
     suffix = Path(output_path).suffix
@@ -185,6 +188,8 @@ def export_weights(checkpoint_path: str | os.PathLike, output_path: str | os.Pat
         raise ValueError(f"output: expected a file name ending in {' or '.join(EXPORT_SUFFIXES)}, got {output_path!r}")
     checkpoint = load_torch_file(checkpoint_path, "Lightning checkpoint")
     state = {k: v.contiguous() for k, v in model_state_dict(checkpoint, checkpoint_path).items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(output_path) as tmp:
         _writer(suffix)(state, tmp)
     numel = sum(v.numel() for v in state.values())

@@ -72,6 +72,26 @@ FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
 """Named policies. "page4d" is the official recipe (`training_final.yaml`): frame and global blocks 10-19
 (peak 1e-5, wd 0.01, 5 % warm-up) and the spatial mask head (peak 2e-5, wd 0.02, 15 % warm-up) train."""
 
+
+
+def preset_for_blocks(name: str, middle_blocks: Sequence[int] | None) -> FinetuneConfig:
+    """`FINETUNE_PRESETS[name]` with its block globs (blocks 10-19) renamed to `middle_blocks` (unchanged if None or
+    10-19): the same policy names and roles for a model of another depth."""
+    config = copy.deepcopy(FINETUNE_PRESETS[name])
+    if middle_blocks is None or tuple(middle_blocks) == tuple(range(10, 20)):
+        return config
+    renamed = {glob: [f"aggregator.{kind}.{i}.*" for i in middle_blocks]
+               for glob, kind in zip(_BLOCKS_10_19, ("frame_blocks", "global_blocks"))}
+
+    def rename(globs: list[str]) -> list[str]:
+        return [new for glob in globs for new in renamed.get(glob, [glob])]
+
+    config["trainable"] = rename(config["trainable"])
+    for group in config["groups"]:
+        group["params"] = rename(group["params"])
+    return config
+
+
 _GROUP_KEYS = {"name", "params", "lr", "weight_decay", "warmup_fraction", "min_lr", "follows_mask_strength"}
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -137,12 +157,15 @@ class FinetunePolicy:
             raise ValueError(f"finetune groups: expected at least one group and unique names, got {names}")
 
     @classmethod
-    def from_config(cls, config: FinetuneConfig | str) -> FinetunePolicy:
-        """Build from a preset name (see `FINETUNE_PRESETS`), a `.yaml`/`.yml` file or a `FinetuneConfig` dict."""
+    def from_config(cls, config: FinetuneConfig | str, middle_blocks: Sequence[int] | None = None) -> FinetunePolicy:
+        """Build from a preset name (see `FINETUNE_PRESETS`), a `.yaml`/`.yml` file or a `FinetuneConfig` dict.
+
+        `middle_blocks`: the model's bias blocks (`PAGE4DConfig.bias_blocks`); a preset's block globs then name
+        those blocks, so "page4d" trains the middle blocks of a shallower model too (10-19 for the official one)."""
         if isinstance(config, str):
             if config not in FINETUNE_PRESETS:
                 return cls.from_config(read_finetune_file(config))
-            config = copy.deepcopy(FINETUNE_PRESETS[config])
+            config = preset_for_blocks(config, middle_blocks)
         if not isinstance(config, dict) or set(config) != {"trainable", "groups"}:
             seen = sorted(config) if isinstance(config, dict) else type(config).__name__
             raise ValueError(f"finetune: expected a preset name or keys ['groups', 'trainable'], got {seen}")

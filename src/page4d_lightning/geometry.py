@@ -438,3 +438,36 @@ def normalize_sample(sample: dict) -> dict:
     out.update({k: out[k].squeeze(0) for k in [*present, "scale"]})  # drop B
     return out
 
+
+
+# ------------------------------------------------------------------------------------------ patch grid
+
+
+def patch_fraction(masks: Tensor, patch_size: int) -> Tensor:
+    """(..., H, W) bool / float pixel masks -> (..., H/p, W/p) the share of each p x p patch that is set: the token
+    grid of the model (H and W multiples of p)."""
+    H, W = masks.shape[-2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"masks: expected H and W multiples of the patch size {patch_size}, got {(H, W)}")
+    lead = masks.shape[:-2]
+    x = masks.float().reshape(-1, 1, H, W)
+    return torch.nn.functional.avg_pool2d(x, patch_size).reshape(*lead, H // patch_size, W // patch_size)
+
+
+def pose_from_point_maps(cam_points: Tensor, world_points: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Camera poses recovered from point maps (Procrustes), per frame.
+
+    cam_points (..., H, W, 3) the frame's points in its own camera (e.g. unprojected depth), world_points
+    (..., H, W, 3) the same pixels in the world (camera 0) frame, weights (..., H, W) >= 0 or None. Fits
+    world ~ s R cam + t per frame (Umeyama, with scale, so depth and point maps may differ in scale) -> (..., 3, 4)
+    camera-from-world [R^T | -R^T t]: the camera motion that the two maps imply.
+    """
+    check_shape(cam_points, "cam_points", ((3,),))
+    if world_points.shape != cam_points.shape:
+        raise ValueError(f"world_points: expected the shape of cam_points {tuple(cam_points.shape)}, "
+                         f"got {tuple(world_points.shape)}")
+    src, dst = cam_points.flatten(-3, -2), world_points.flatten(-3, -2)  # (..., H*W, 3)
+    w = None if weights is None else weights.flatten(-2)
+    _, R, t = umeyama_sim3(src, dst, w)
+    Rt = R.transpose(-1, -2)
+    return torch.cat([Rt, -(Rt @ t[..., None])], -1)

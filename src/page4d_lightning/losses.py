@@ -1,4 +1,4 @@
-"""Multitask loss of VGGT / PAGE-4D: camera, depth, point map and (optional) tracking terms.
+"""Multitask loss of VGGT / PAGE-4D: camera, depth, point map and (optional) tracking and mask terms.
 
 Each term is a small tensor function returning named terms with the official names; `MultitaskLoss`
 only holds the per-task configuration dicts (the official layout) and sums the `objective`:
@@ -7,6 +7,7 @@ only holds the per-task configuration dicts (the official layout) and sums the `
               + w_depth * (loss_conf_depth + loss_reg_depth + loss_grad_depth)
               + w_point * (loss_conf_point + loss_reg_point + loss_grad_point)
               + w_track * loss_track
+              + w_mask * loss_mask          (ours: GT supervision of the dynamic mask; the official code has none)
 
 Inputs: the predictions dict of `PAGE4D` and a normalised batch (see `page4d_lightning.types.Batch`).
 Ground truth that is NaN/inf is set to 0 and clamped to +-100, as in the official code.
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from page4d_lightning.geometry import extri_intri_to_pose_encoding
+from page4d_lightning.geometry import extri_intri_to_pose_encoding, patch_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ __all__ = [
     "depth_loss",
     "point_loss",
     "track_loss",
+    "mask_loss",
     "regression_loss",
     "gradient_loss",
     "normal_loss",
@@ -381,9 +383,26 @@ def _bce_on_sigmoid_outputs(scores: Tensor | None, target: Tensor, valid: Tensor
     return fix_non_finite(bce, "track_bce", hard_max=None)
 
 
+# ---------------------------------------------------------------------------------------- dynamic mask
+def mask_loss(predictions: dict[str, Any], batch: dict[str, Any], eps: float = 1e-4) -> dict[str, Tensor]:
+    """Supervision of the dynamic mask by the GT (an option the official code lacks: its mask learns only through
+    the camera loss). predictions: `dynamic_mask` (B,S,h,w) in (0, 1), 1 = dynamic; batch: `dynamic_masks`
+    (B,S,H,W) bool. `loss_mask` = BCE against each patch's dynamic share (`geometry.patch_fraction`, a soft target
+    at object boundaries), the probability clamped to [eps, 1 - eps]."""
+    pred = predictions["dynamic_mask"].float()
+    gt = batch["dynamic_masks"]
+    patch = gt.shape[-1] // pred.shape[-1]
+    if patch < 1 or gt.shape[:-2] != pred.shape[:-2] or tuple(gt.shape[-2:]) != (patch * pred.shape[-2],
+                                                                                  patch * pred.shape[-1]):
+        raise ValueError(f"mask_loss: dynamic_mask {tuple(pred.shape)} is not a patch grid of the GT "
+                         f"dynamic_masks {tuple(gt.shape)}")
+    target = patch_fraction(gt, patch)
+    return {"loss_mask": F.binary_cross_entropy(pred.clamp(eps, 1 - eps), target)}
+
+
 # ------------------------------------------------------------------------------------------- compose
 LOSS_FUNCTIONS: dict[str, Callable[..., dict[str, Tensor]]] = {
-    "camera": camera_loss, "depth": depth_loss, "point": point_loss, "track": track_loss,
+    "camera": camera_loss, "depth": depth_loss, "point": point_loss, "track": track_loss, "mask": mask_loss,
 }
 
 
@@ -416,11 +435,12 @@ class MultitaskLoss(torch.nn.Module):
         depth: dict[str, Any] | None = None,
         point: dict[str, Any] | None = None,
         track: dict[str, Any] | None = None,
+        mask: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for name, cfg in (("camera", camera), ("depth", depth), ("point", point), ("track", track)):
+        for name, cfg in (("camera", camera), ("depth", depth), ("point", point), ("track", track), ("mask", mask)):
             check_loss_keys(name, cfg)
-        self.camera, self.depth, self.point, self.track = camera, depth, point, track
+        self.camera, self.depth, self.point, self.track, self.mask = camera, depth, point, track, mask
 
     @staticmethod
     def _active(cfg: dict[str, Any] | None) -> bool:
@@ -450,6 +470,10 @@ class MultitaskLoss(torch.nn.Module):
             t = track_loss(predictions, batch, **_arguments(self.track))
             terms.update(t)
             add(t["loss_track"], self.track.get("weight", 1.0))
+        if self._active(self.mask) and "dynamic_mask" in predictions and "dynamic_masks" in batch:
+            t = mask_loss(predictions, batch, **_arguments(self.mask))
+            terms.update(t)
+            add(t["loss_mask"], self.mask.get("weight", 1.0))
         if total is None:
             raise ValueError("MultitaskLoss: no active loss term matches the predictions (check the weights)")
         terms["objective"] = total

@@ -42,10 +42,10 @@ from page4d_lightning.finetune import (
     format_table,
     read_finetune_file,
 )
-from page4d_lightning.geometry import pose_encoding_to_extri_intri
+from page4d_lightning.geometry import depth_to_cam_points, pose_encoding_to_extri_intri, pose_from_point_maps
 from page4d_lightning.inference import predict_sequence
 from page4d_lightning.losses import MultitaskLoss
-from page4d_lightning.metrics import DepthMetrics, PointMetrics, PoseMetrics, TrackingMetrics
+from page4d_lightning.metrics import DepthMetrics, DynamicMaskMetrics, PointMetrics, PoseMetrics, TrackingMetrics
 from page4d_lightning.metrics.functional import static_camera_clips
 from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
 
@@ -59,7 +59,10 @@ DEFAULT_LOSS: dict[str, dict[str, Any]] = {
 }
 """The official training loss configuration (VGGT / PAGE-4D `training_final.yaml`)."""
 
-PRESETS = {"tiny": PAGE4DConfig.tiny, "vggt_1b": PAGE4DConfig.vggt_1b}
+PRESETS = {"tiny": PAGE4DConfig.tiny, "mini": PAGE4DConfig.mini, "vggt_1b": PAGE4DConfig.vggt_1b}
+
+METRIC_SUFFIX = {"pose_from_points": "_from_points"}
+"""Metrics whose keys would collide with another's get a suffix in the logs: val/ate_from_points, ..."""
 
 
 def find_non_finite(batch: dict[str, Any]) -> list[str]:
@@ -78,15 +81,18 @@ class Page4DModule(L.LightningModule):
     """PAGE-4D training / evaluation wrapper.
 
     Args:
-        preset: model preset name, "tiny" or "vggt_1b".
+        preset: model preset name: "tiny" (24 + 24 blocks at width 64), "mini" (8 + 8 at width 128, the CPU
+            miniature's) or "vggt_1b" (the official model).
         model_overrides: PAGE4DConfig fields to override (e.g. `{"enable_track": false}`).
         weights: optional checkpoint to load into the model (VGGT-1B, PAGE-4D, safetensors or own export).
-        track_head_weights: VGGT-1B file that fills the track head when `weights` lacks it.
+        track_head_weights: VGGT-1B file that fills the track head when `weights` lacks it, or "init" to train the
+            track head from its initialisation on top of `weights`.
         loss: per-task loss configs in the official layout (see `DEFAULT_LOSS`).
         finetune: freeze policy and parameter groups: a preset name ("page4d": frame + global blocks
-            10-19 and the mask head train), `{trainable: [globs], groups: [{name, params, lr, ...}]}`
-            (see `page4d_lightning.finetune`) or a .yaml/.yml file holding that dict (the hyper-parameters keep
-            its content, so a checkpoint does not need the file). None: everything trains in one group from
+            10-19, or the model's `bias_blocks` when they differ, and the mask head train),
+            `{trainable: [globs], groups: [{name, params, lr, ...}]}` (see `page4d_lightning.finetune`) or a
+            .yaml/.yml file holding that dict (the hyper-parameters keep its content, so a checkpoint does not
+            need the file). None: everything trains in one group from
             `lr`, `weight_decay`, `warmup_fraction` and `min_lr` (which are ignored otherwise).
         lr: peak learning rate of AdamW (without `finetune`).
         weight_decay: AdamW weight decay (without `finetune`).
@@ -161,7 +167,7 @@ class Page4DModule(L.LightningModule):
         self.model.set_mask_strength(self.hparams.mask_strength)
         hp = self.hparams
         self.finetune_policy = (
-            FinetunePolicy.from_config(hp.finetune)
+            FinetunePolicy.from_config(hp.finetune, middle_blocks=config.bias_blocks)
             if hp.finetune is not None
             else FinetunePolicy.full(hp.lr, hp.weight_decay, hp.warmup_fraction, hp.min_lr)
         )
@@ -178,7 +184,13 @@ class Page4DModule(L.LightningModule):
         self.eval_metrics = torch.nn.ModuleDict()
 
     def _new_metrics(self) -> torch.nn.ModuleDict:
-        metrics = {"pose": PoseMetrics(), "depth": DepthMetrics(align="median", per="frame")}
+        metrics = {
+            "pose": PoseMetrics(),
+            "depth": DepthMetrics(align="median", per="frame"),
+            # diagnostic: the camera motion that the depth and point heads imply (Procrustes per frame)
+            "pose_from_points": PoseMetrics(),
+            "mask": DynamicMaskMetrics(self.model.config.patch_size),
+        }
         if self.hparams.point_metrics:
             metrics["points"] = PointMetrics()
         if self.model.config.enable_track:
@@ -271,10 +283,20 @@ class Page4DModule(L.LightningModule):
         if any(static):
             self._record_skipped(stage, [n for n, s in zip(batch.get("seq_name", ["?"] * len(static)), static) if s],
                                  "pose metrics: static camera centres, the Sim(3) alignment is undefined")
+        if "world_points" in predictions:
+            # GT intrinsics: the diagnostic asks whether the trunk knows the motion, not whether the FoV is right
+            cam_points = depth_to_cam_points(pred_depth, batch["intrinsics"].float())
+            points_pose = pose_from_point_maps(cam_points, predictions["world_points"].float(),
+                                               batch["point_masks"].float())
         for key, index in groups.items():
             metrics = self._metrics(key)
             metrics["pose"].update(pred_extrinsics[index], batch["extrinsics"][index])
-            metrics["depth"].update(pred_depth[index], gt_depth[index])
+            dynamic = batch.get("dynamic_masks")  # also AbsRel / deltas on static and on dynamic pixels
+            metrics["depth"].update(pred_depth[index], gt_depth[index], None if dynamic is None else dynamic[index])
+            if "world_points" in predictions:
+                metrics["pose_from_points"].update(points_pose[index], batch["extrinsics"][index])
+            if "dynamic_mask" in predictions and "dynamic_masks" in batch:
+                metrics["mask"].update(predictions["dynamic_mask"].float()[index], batch["dynamic_masks"][index])
             if "points" in metrics:
                 pred_points = predictions["world_points"].float()[index]
                 metrics["points"].update(pred_points, batch["world_points"][index], batch["point_masks"][index])
@@ -344,9 +366,10 @@ class Page4DModule(L.LightningModule):
             if metrics["pose"].update_count == 0 and not distributed:
                 continue
             values: dict[str, Tensor] = {}
-            for metric in metrics.values():
+            for name, metric in metrics.items():
                 if metric.update_count > 0 or distributed:
-                    values.update(metric.compute())
+                    suffix = METRIC_SUFFIX.get(name, "")
+                    values.update({f"{k}{suffix}": v for k, v in metric.compute().items()})
                 metric.reset()
             self.log_dict({f"{key}/{k}": v for k, v in values.items() if v.numel() == 1})
 

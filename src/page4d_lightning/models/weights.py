@@ -142,14 +142,19 @@ def _mismatch_message(path, missing, unexpected, mis_shaped, expected, state) ->
     return f"{path}: weights do not match the model: " + "; ".join(parts)
 
 
+TRACK_HEAD_INIT = "init"
+"""`track_head_from` value that keeps a freshly initialised track head when the weights file has none."""
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, track_head_from: str | None = None) -> LoadReport:
     """Load `path` into `model` (a PAGE4D) strictly; returns a `LoadReport`; sets mask strength 0.
 
     Documented gaps only: a file without `aggregator.spatial_mask_head.*` (VGGT-1B) leaves the mask head
     initialised; a file without `track_head.*` (PAGE-4D checkpoints trained without tracking) takes the
-    track head from the VGGT-1B file `track_head_from`, or raises. `track_head.*` in the file is ignored
-    (and reported) when the model was built without a track head. Any other missing, unexpected or
-    mis-shaped key raises ValueError naming the first ones with their shapes.
+    track head from the VGGT-1B file `track_head_from` (or keeps its initial values when `track_head_from` is
+    `TRACK_HEAD_INIT`, "init": a track head trained from scratch on top of the file's trunk), or raises.
+    `track_head.*` in the file is ignored (and reported) when the model was built without a track head. Any
+    other missing, unexpected or mis-shaped key raises ValueError naming the first ones with their shapes.
     """
     path = os.fspath(path)
     state, fmt = read_state_dict(path)
@@ -177,12 +182,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike, track_head_from: str
     if missing or unexpected or mis_shaped:
         raise ValueError(_mismatch_message(path, missing, unexpected, mis_shaped, expected, state))
 
-    if track_missing:
+    if track_missing and track_head_from == TRACK_HEAD_INIT:
+        report.initialised = [*report.initialised, *track_keys]
+        logger.info("%s: no track_head.* weights: the track head keeps its initial values (track_head_from=%r)",
+                    path, TRACK_HEAD_INIT)
+    elif track_missing:
         if track_head_from is None:
             raise ValueError(
                 f"{path}: has no track_head.* weights ({len(track_keys)} tensors, e.g. {track_keys[0]}"
                 f" {_shape(expected[track_keys[0]])}) but the model has a track head: pass track_head_from="
-                "<VGGT-1B model.pt> to take it from there, or build the model with enable_track=False"
+                "<VGGT-1B model.pt> to take it from there, track_head_from='init' to train it from scratch, or "
+                "build the model with enable_track=False"
             )
         donor, _ = read_state_dict(track_head_from)
         donor = {k: v for k, v in donor.items() if k.startswith(TRACK_HEAD_PREFIX)}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from page4d_lightning.geometry import patch_fraction
 from page4d_lightning.losses import camera_loss
 from page4d_lightning.metrics.functional import depth_errors
 from page4d_lightning.models import PAGE4D
@@ -36,9 +37,7 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def patch_labels(dynamic_masks: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
     """dynamic_masks (B, S, H, W) bool -> (dynamic, static) (B, S, h*w) bool: > 50 % / no dynamic pixel."""
-    b, s, height, width = dynamic_masks.shape
-    share = F.avg_pool2d(dynamic_masks.reshape(b * s, 1, height, width).float(), patch_size)  # (B*S, 1, h, w)
-    share = share.reshape(b, s, -1)
+    share = patch_fraction(dynamic_masks, patch_size).flatten(-2)  # (B, S, h*w)
     return share > 0.5, share == 0
 
 
