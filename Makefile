@@ -18,7 +18,8 @@ DATA_ROOT ?=
 CKPT ?= checkpoints/$(DATASET)/last.ckpt
 ARGS ?=
 
-.PHONY: help install venv lock test-latest check-experiment train validate eval test lint format bench tensorboard clean
+.PHONY: help install venv lock test-latest check-experiment train validate eval ablation pretrain test lint format bench \
+	tensorboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +74,14 @@ PROTOCOL ?=
 eval: install ## benchmarks: `make eval CKPT=X [BENCH=sintel,bonn] [PROTOCOL=official|standard] [DATA_ROOT=/data]`
 	$(VENV)/bin/page4d eval --ckpt $(CKPT) $(if $(BENCH),--bench $(BENCH)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
 		$(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(ARGS)
+
+ablation: install ## the miniature's ablation (4 variants x 3 seeds, ~1 h on 2 cores) -> results/ablation/
+	$(VENV)/bin/page4d ablation $(ARGS)
+
+pretrain: install ## retrain the shipped static start (hours on a CPU), then pack it: weights/static_start.*
+	$(VENV)/bin/page4d fit --config experiments/pretrain_static.yaml $(ARGS)
+	$(VENV)/bin/page4d ship checkpoints/pretrain_static/last.ckpt --config experiments/pretrain_static.yaml \
+		--out weights/static_start
 
 test: install ## run the test suite (CPU)
 	$(PY) -m pytest -q $(ARGS)

@@ -200,7 +200,7 @@ def test_top_k_blocks_become_a_policy_that_trains_exactly_them(tmp_path: Path) -
 
 
 def test_the_command_writes_csv_png_and_a_policy_that_trains(tmp_path: Path) -> None:
-    config = experiment_copy("synthetic", tmp_path)
+    config = experiment_copy("synthetic_scratch", tmp_path)
     out = tmp_path / "analysis"
     run = run_page4d("analyze-layers", "--config", str(config), "--out", str(out), "--num-clips", "2",
                      "--layers", "4,17", "--top-k", "3", "--data.init_args.image_size", "56",
@@ -227,7 +227,7 @@ def test_the_command_writes_csv_png_and_a_policy_that_trains(tmp_path: Path) -> 
     fit = run_page4d("fit", "--config", str(config), *small, "--trainer.max_steps", "2",
                      "--model.finetune", str(out / "finetune_policy.yaml"), cwd=tmp_path)
     assert fit.returncode == 0, explain(fit)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "synthetic" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "synthetic_scratch" / "last.ckpt", weights_only=False)
     assert checkpoint["hyper_parameters"]["finetune"] == policy  # the policy itself, not the file name
     groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert [g["name"] for g in groups] == [g["name"] for g in policy["groups"]]
@@ -240,7 +240,7 @@ def test_the_command_writes_csv_png_and_a_policy_that_trains(tmp_path: Path) -> 
 def test_unknown_measure_and_missing_split_are_usage_errors(tmp_path: Path) -> None:
     from page4d_lightning.cli import main
 
-    config = experiment_copy("synthetic", tmp_path)
+    config = experiment_copy("synthetic_scratch", tmp_path)
     assert main(["analyze-layers", "--config", str(config), "--out", str(tmp_path), "--measures", "nois"]) == 2
     assert main(["analyze-layers", "--config", str(config), "--out", str(tmp_path), "--split", "test",
                  "--data.init_args.test", "null"]) == 2

@@ -27,18 +27,18 @@ REFERENCE = ROOT / "tests" / "data" / "reference" / "page4d_state_dict_keys.json
 TINY = ["--trainer.accelerator", "cpu", "--data.init_args.image_size", "28", "--data.init_args.num_frames", "2"]
 TINY += ["--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0"]
 FOUR_STEPS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
-OUT = Path("checkpoints") / "synthetic"  # the experiment's ModelCheckpoint dirpath, relative to the run folder
+OUT = Path("checkpoints") / "synthetic_scratch"  # the experiment's ModelCheckpoint dirpath, relative to the run folder
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_experiment(folder: Path) -> str:
-    """experiments/synthetic.yaml with 2 training clips (an epoch = 2 steps), 2 val/test clips and a mask
+    """experiments/synthetic_scratch.yaml with 2 training clips (an epoch = 2 steps), 2 val/test clips and a mask
     schedule that moves within 4 steps (hold 1, end 5)."""
     replacements = {"num_clips: 16": "num_clips: 2", "num_clips: 2000": "num_clips: 2", "hold: 100": "hold: 1",
                     "end: 160": "end: 5"}
-    return str(experiment_copy("synthetic", folder, replacements))
+    return str(experiment_copy("synthetic_scratch", folder, replacements))
 
 
 def _fit(folder: Path, *extra: str) -> None:
@@ -113,7 +113,7 @@ def test_atomic_save_replaces_and_rejects_storage_options(tmp_path):
 
 
 def test_cli_uses_atomic_io_and_still_accepts_other_plugins(capsys):
-    args = ["fit", "--config", str(ROOT / "experiments" / "synthetic.yaml"), "--print_config"]
+    args = ["fit", "--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), "--print_config"]
     with pytest.raises(SystemExit) as exc:
         main([*args, "--trainer.plugins+=lightning.pytorch.plugins.environments.LightningEnvironment"])
     assert exc.value.code == 0

@@ -20,9 +20,9 @@ SMALL += ["--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0
 
 
 def _small_experiment(tmp_path: Path) -> str:
-    """experiments/synthetic.yaml with 2-clip val/test splits (`--trainer.limit_val_batches 1` would
+    """experiments/synthetic_scratch.yaml with 2-clip val/test splits (`--trainer.limit_val_batches 1` would
     parse as the float 1.0, i.e. all batches, so the splits themselves are made small)."""
-    return str(experiment_copy("synthetic", tmp_path, {"num_clips: 16": "num_clips: 2"}))
+    return str(experiment_copy("synthetic_scratch", tmp_path, {"num_clips: 16": "num_clips: 2"}))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
@@ -33,7 +33,7 @@ def test_every_experiment_parses(path: Path, capsys: pytest.CaptureFixture[str])
         main(["fit", "--config", str(path), "--print_config"])
     assert exc.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["preset"] in ("tiny", "vggt_1b")
+    assert config["model"]["preset"] in ("tiny", "mini", "vggt_1b")
     assert "class_path" in config["data"]
     root = config["trainer"]["default_root_dir"]
     assert root == f"checkpoints/{path.stem}"
@@ -84,7 +84,7 @@ def test_base_configs_are_composed_before_the_experiment(tmp_path: Path) -> None
 
 
 def test_yaml_typo_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = experiment_copy("synthetic", tmp_path, {"  preset: tiny": "  presett: tiny"})
+    bad = experiment_copy("synthetic_scratch", tmp_path, {"  preset: tiny": "  presett: tiny"})
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(bad)])
     assert exc.value.code != 0
@@ -102,7 +102,7 @@ def test_synthetic_fit_validate_test_predict(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     config = ["--config", _small_experiment(tmp_path), *SMALL]
     main(["fit", *config, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"])
-    out = tmp_path / "checkpoints" / "synthetic"
+    out = tmp_path / "checkpoints" / "synthetic_scratch"
     assert (out / "last.ckpt").is_file()
     assert list(out.glob("best-step=*.ckpt")), "the best checkpoint by val/ate is kept"
     assert list((out / "tb").rglob("events.out.tfevents.*")), "TensorBoard events are written"

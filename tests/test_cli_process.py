@@ -15,8 +15,8 @@ from tests.page4d_process import ROOT, explain, run_page4d
 
 SMALL = ["--data.init_args.image_size", "28", "--data.init_args.num_frames", "4", "--data.init_args.num_workers", "0",
          "--data.init_args.val.num_clips", "2", "--trainer.enable_progress_bar", "false"]
-SYNTHETIC = ["--config", str(ROOT / "experiments" / "synthetic.yaml"), *SMALL]
-LAST = Path("checkpoints") / "synthetic" / "last.ckpt"
+SYNTHETIC = ["--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), *SMALL]
+LAST = Path("checkpoints") / "synthetic_scratch" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_true_bf16_keeps_the_metrics_defined(trained: Path) -> None:
 
 def test_the_config_saved_beside_a_run_parses_again(trained: Path) -> None:
     """The experiment's `base:` configs are merged into the saved config.yaml, which names none of them again."""
-    saved = sorted((trained / "checkpoints" / "synthetic").rglob("config.yaml"))
+    saved = sorted((trained / "checkpoints" / "synthetic_scratch").rglob("config.yaml"))
     assert saved, "fit writes its resolved config beside the TensorBoard events"
     run = run_page4d("fit", "--config", str(saved[0]), "--print_config", cwd=trained)
     assert run.returncode == 0, explain(run)

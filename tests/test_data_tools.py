@@ -88,7 +88,7 @@ def test_validate_procedural_dataset_says_so(capsys: pytest.CaptureFixture[str])
 
 
 def test_inspect_synthetic_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = experiment_copy("synthetic", tmp_path, {"num_clips: 16": "num_clips: 2"})
+    config = experiment_copy("synthetic_scratch", tmp_path, {"num_clips: 16": "num_clips: 2"})
     args = ["--split", "val", "--num-clips", "4", "--out", str(tmp_path / "out")]
     small = ["--data.init_args.image_size", "56", "--data.init_args.num_frames", "2"]
     assert main(["data", "inspect", "--config", str(config), *args, *small]) == 0
@@ -102,7 +102,7 @@ def test_inspect_synthetic_experiment(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_inspect_unconfigured_split_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = ["data", "inspect", "--config", str(ROOT / "experiments/synthetic.yaml"), "--data.init_args.test", "null"]
+    args = ["data", "inspect", "--config", str(ROOT / "experiments/synthetic_scratch.yaml"), "--data.init_args.test", "null"]
     assert main([*args, "--split", "test"]) == 2
     assert main([*args, "--data.init_args.nope", "1"]) == 2  # a bad override: the LightningCLI parse error
     assert not (tmp_path / "inspect").exists()
@@ -132,7 +132,7 @@ def test_docs_snippet_yaml_and_default_out(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     exec(compile(re.search(r"```python\n(.*?)```", doc, re.S).group(1), "custom_data.md", "exec"), {})
     assert main(["data", "validate", "--dataset", "custom", "--root", "my_data"]) == 0
-    experiment = yaml.safe_load(experiment_copy("synthetic", tmp_path).read_text())
+    experiment = yaml.safe_load(experiment_copy("synthetic_scratch", tmp_path).read_text())
     experiment["data"] = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))["data"]
     (tmp_path / "my_data.yaml").write_text(yaml.safe_dump(experiment))
     small = ["--data.init_args.image_size", "56", "--data.init_args.num_frames", "4"]

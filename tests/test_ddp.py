@@ -121,7 +121,7 @@ def _fake_job(tmp_path: Path, script: Path, restart_count: int, nodes: int, ckpt
         "HOME": str(tmp_path),
         "ARGS_OUT": str(tmp_path / "args"),
         "VENV": str(venv),
-        "EXPERIMENT": str(ROOT / "experiments" / "synthetic.yaml"),
+        "EXPERIMENT": str(ROOT / "experiments" / "synthetic_scratch.yaml"),
         "CKPT_PATH": ckpt_path,
         "SLURM_SUBMIT_DIR": str(ROOT),
         "SLURM_JOB_NUM_NODES": str(nodes),

@@ -15,7 +15,7 @@ from tests.data.sintel.make_fixture import write_fixture as write_sintel
 from tests.data.tum.make_fixture import write_fixture as write_tum
 from tests.page4d_process import ROOT, explain, run_page4d
 
-SMALL = ["--config", str(ROOT / "experiments" / "synthetic.yaml"), "--data.init_args.image_size", "28",
+SMALL = ["--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), "--data.init_args.image_size", "28",
          "--data.init_args.num_frames", "2", "--data.init_args.num_workers", "0", "--data.init_args.val.num_clips", "2",
          "--trainer.enable_progress_bar", "false"]
 FAST = ["--data.init_args.image_size", "56", "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",

@@ -38,13 +38,26 @@ def _fit(experiment: str, folder: Path, *extra: str) -> Path:
 
 
 def test_every_experiment_has_a_run_test() -> None:
-    tested = {"synthetic", "pointodyssey", "paper_mixture", "finetune_vggt"}
+    tested = {"synthetic", "synthetic_scratch", "pretrain_static", "pointodyssey", "paper_mixture", "finetune_vggt"}
     assert set(EXPERIMENTS) == tested, "a new experiment needs its fixture run in this file"
 
 
 def test_synthetic_experiment_trains(tmp_path: Path) -> None:
     out = _fit("synthetic", tmp_path, "--data.init_args.val.num_clips", "2")
     assert (out / "last.ckpt").is_file() and list(out.glob("best-*.ckpt"))
+
+
+def test_synthetic_scratch_experiment_trains(tmp_path: Path) -> None:
+    out = _fit("synthetic_scratch", tmp_path, "--data.init_args.val.num_clips", "2")
+    assert (out / "last.ckpt").is_file() and list(out.glob("best-*.ckpt"))
+
+
+def test_pretrain_static_experiment_trains_on_static_scenes(tmp_path: Path) -> None:
+    out = _fit("pretrain_static", tmp_path, "--data.init_args.val.num_clips", "2")
+    assert (out / "last.ckpt").is_file() and list(out.glob("best-*.ckpt"))
+    experiment = yaml.safe_load((ROOT / "experiments" / "pretrain_static.yaml").read_text())
+    splits = experiment["data"]["init_args"]
+    assert splits["train"]["num_objects"] == [0, 0] and splits["val"]["num_objects"] == [0, 0]
 
 
 def test_pointodyssey_experiment_trains_on_a_fixture_root(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 from page4d_lightning.models import PAGE4D, PAGE4DConfig, load_weights
-from tests.page4d_process import ROOT, explain, run_page4d, start_page4d
+from tests.page4d_process import PAGE4D as PAGE4D_SCRIPT
+from tests.page4d_process import ROOT, explain, page4d_env, run_page4d, start_page4d
 
-SMALL = ["--config", str(ROOT / "experiments" / "synthetic.yaml"), "--data.init_args.image_size", "28",
+SMALL = ["--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), "--data.init_args.image_size", "28",
          "--data.init_args.num_frames", "2", "--data.init_args.num_workers", "0", "--data.init_args.val.num_clips", "2",
          "--trainer.enable_progress_bar", "false"]
-OUT = Path("checkpoints") / "synthetic"  # the experiment's folder, relative to the run's working folder
+OUT = Path("checkpoints") / "synthetic_scratch"  # the experiment's folder, relative to the run's working folder
 
 
 def _assert_loadable_last(folder: Path, step: int | None = None) -> int:
@@ -119,3 +121,30 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: P
     assert final["global_step"] == expected["global_step"] == 8
     worst = max(float((v - expected["state_dict"][k]).abs().max()) for k, v in final["state_dict"].items())
     assert worst == 0.0
+
+
+def test_sigterm_to_the_process_group_with_dataloader_workers_saves_the_step_reached(tmp_path: Path) -> None:
+    """`scancel` (or `kill -- -PGID`) signals every process of the job: the DataLoader workers die too, and PyTorch
+    raises in the main process on each death. The save of the step reached must still complete (it used to be
+    aborted by the second worker's death, leaving the previous validation's last.ckpt)."""
+    marker = tmp_path / "step.txt"
+    slow = {"class_path": "tests.step_marker.StepMarker", "init_args": {"path": str(marker), "seconds_per_step": 0.3}}
+    # one worker per loader, kept alive between epochs / validations: two children die with the signal
+    args = [*SMALL, "--data.init_args.num_workers", "1", "--trainer.max_steps=1000", "--trainer.val_check_interval=2",
+            f"--trainer.callbacks+={json.dumps(slow)}"]
+    process = subprocess.Popen([str(PAGE4D_SCRIPT), "fit", *args], cwd=tmp_path, env=page4d_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= 3):
+            assert process.poll() is None, process.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "the run did not reach step 3 in 120 s"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0, output[-4000:]
+    step = _assert_loadable_last(tmp_path)
+    assert step >= 3, output[-4000:]

@@ -16,10 +16,10 @@ from page4d_lightning.callbacks import MetricsFile
 from page4d_lightning.module import Page4DModule
 from tests.page4d_process import ROOT, explain, run_page4d
 
-SMALL = ["--config", str(ROOT / "experiments" / "synthetic.yaml"), "--data.init_args.image_size", "28",
+SMALL = ["--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), "--data.init_args.image_size", "28",
          "--data.init_args.num_frames", "2", "--data.init_args.num_workers", "0", "--data.init_args.val.num_clips", "2",
          "--data.init_args.test.num_clips", "3", "--trainer.enable_progress_bar", "false"]
-OUT = Path("checkpoints") / "synthetic"
+OUT = Path("checkpoints") / "synthetic_scratch"
 
 
 def test_validate_and_test_write_their_metrics(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from page4d_lightning.cli import expand_predict_shorthand
 from tests.page4d_process import ROOT, explain, run_page4d
 from tests.test_export import SOURCE_HW, write_png_frames
 
-FIT = ["fit", "--config", str(ROOT / "experiments" / "synthetic.yaml"), "--data.init_args.image_size", "28",
+FIT = ["fit", "--config", str(ROOT / "experiments" / "synthetic_scratch.yaml"), "--data.init_args.image_size", "28",
        "--data.init_args.num_frames", "2", "--data.init_args.num_workers", "0", "--data.init_args.val.num_clips", "2",
        "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
        "--model.model_overrides", '{"enable_track": true}']
@@ -24,7 +24,7 @@ def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fit")
     run = run_page4d(*FIT, cwd=folder)
     assert run.returncode == 0, explain(run)
-    path = folder / "checkpoints" / "synthetic" / "last.ckpt"
+    path = folder / "checkpoints" / "synthetic_scratch" / "last.ckpt"
     assert path.is_file()
     return path
 

@@ -28,7 +28,7 @@ OVERRIDES = ["--data.init_args.image_size", "28", "--data.init_args.num_frames",
              "1", "--data.init_args.num_workers", "0", "--data.init_args.train.num_clips", "10",
              "--trainer.limit_val_batches", "0", "--trainer.max_steps", str(MAX_STEPS),
              "--trainer.enable_progress_bar", "false"]
-OUT = Path("checkpoints") / "synthetic"  # the experiment's default_root_dir, under the submit folder
+OUT = Path("checkpoints") / "synthetic_scratch"  # the experiment's default_root_dir, under the submit folder
 
 
 def _job_id() -> str:
@@ -49,7 +49,7 @@ def submit(folder: Path, *extra: str, restart_count: int = 0, marker: Path | Non
            ntasks: int | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
     """`bash multi_node.sbatch` in `folder` (the submit folder) with the environment of a SLURM allocation."""
     folder.mkdir(parents=True, exist_ok=True)
-    experiment = experiment_copy("synthetic", folder)
+    experiment = experiment_copy("synthetic_scratch", folder)
     args = list(OVERRIDES)
     if marker is not None:
         step_marker = {"class_path": "tests.step_marker.StepMarker",

@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,6 +33,26 @@ from page4d_lightning.visuals import clip_grid, point_cloud
 logger = logging.getLogger(__name__)
 
 
+@contextmanager
+def worker_deaths_ignored() -> Iterator[None]:
+    """Within: a dying DataLoader worker does not raise in this process.
+
+    PyTorch's DataLoader installs a SIGCHLD handler that raises RuntimeError in the main process when a worker
+    dies. A signal sent to the whole process group (`scancel`, `kill -- -PGID`, `pkill -f`) kills the workers too:
+    the first death interrupts the training step (which is then saved), and a second one would abort that save
+    halfway. The default SIGCHLD disposition is restored for the duration (main thread only: elsewhere signal
+    handlers cannot be changed, and none run there).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """`<dirpath>/last.ckpt`: the latest training state, whenever and however a fit ends.
 
@@ -38,7 +60,8 @@ class LastCheckpoint(ModelCheckpoint):
     monitor, and also:
     - when training ends: at `max_steps` / `max_epochs`, on an early stop, and with validation disabled;
     - when the run is stopped: Ctrl-C (KeyboardInterrupt), SIGTERM from a cluster (Lightning stops at the end
-      of the batch), or an error raised during training.
+      of the batch; sent to the whole process group, it also kills the DataLoader workers, which interrupts the
+      step: that step's state is saved), or an error raised during training.
     Nothing is written for a run that has not taken a step since the last save. Under DDP an error raised on
     one rank alone is not saved (the other ranks would wait for it forever); signals reach every rank and are.
     Checkpoints go through the trainer's `CheckpointIO`, atomic with the `page4d` CLI.
@@ -74,7 +97,8 @@ class LastCheckpoint(ModelCheckpoint):
             return
         logger.warning("%s during training: saving the state of step %d", type(exception).__name__,
                        trainer.global_step)
-        self._save_last_state(trainer)
+        with worker_deaths_ignored():  # a signal to the process group also killed the DataLoader workers
+            self._save_last_state(trainer)
 
 
 class SlurmRequeue(Callback):

@@ -48,6 +48,10 @@ TOOLS: dict[str, tuple[str, str]] = {
                        "a run's checkpoint -> the model's weights with the official key names"),
     "eval": ("page4d_lightning.tools.evaluate:evaluate_main",
              "every benchmark protocol of experiments/eval/ with a data root -> results/<run>/ tables"),
+    "ablation": ("page4d_lightning.tools.ablation:ablation_main",
+                 "the miniature's ablation: 4 fine-tunes of the static start x seeds -> results/ablation/"),
+    "ship": ("page4d_lightning.tools.ship:ship_main",
+             "a trained start -> weights + a card with its recipe, val figures and the pose baselines"),
     "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
                        "per-block noise, attention and mask-swap measures; a freeze policy"),
 }
