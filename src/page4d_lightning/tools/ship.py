@@ -37,6 +37,9 @@ CARD_METRICS = ("ate", "rpe_trans", "rpe_rot", "auc_30", "abs_rel", "delta_1_25"
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
 
+POSE_LEARNED_RATIO = 3.0
+"""A start "learned pose" when its ATE and RPE-rot are this many times better than both uninformed baselines."""
+
 
 def _git(*args: str) -> str | None:
     try:
@@ -108,6 +111,8 @@ def ship(checkpoint: str, config: str, out: str, dtype: str = "float16", train_c
         "val_clips": len(val),
         "baselines": baselines,
         "baseline_over_model": ratios,
+        "pose_learned": all(r.get(k, 0.0) >= POSE_LEARNED_RATIO for r in ratios.values() for k in ("ate", "rpe_rot")),
+        "pose_learned_criterion": f"ATE and RPE-rot at least {POSE_LEARNED_RATIO:g}x better than both baselines",
         "baselines_note": "constant = the mean trajectory of the first "
                           f"{len(train)} training clips; random_centres = identity rotations, Gaussian centres "
                           "with each clip's spread (16 draws); both Sim(3)-aligned like the model",
@@ -139,5 +144,6 @@ def ship_main(args: list[str]) -> int:
         card = ship(ns.checkpoint, ns.config, ns.out, ns.dtype, ns.train_clips, overrides)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         parser.exit(2, f"page4d ship: error: {err}\n")
-    sys.stdout.write(json.dumps({k: card[k] for k in ("val", "baselines", "baseline_over_model")}, indent=2) + "\n")
+    shown = {k: card[k] for k in ("val", "baselines", "baseline_over_model", "pose_learned")}
+    sys.stdout.write(json.dumps(shown, indent=2) + "\n")
     return 0
