@@ -164,3 +164,19 @@ def test_synthetic_texture_bands() -> None:
     assert 0.4 <= float(scene.checker_freq.min()) <= float(scene.checker_freq.max()) <= 1.2
     with pytest.raises(ValueError, match="checker_frequency"):
         SyntheticDynamicDataset(checker_frequency=(3.0, 1.0))
+
+
+def test_objects_can_stand_still() -> None:
+    """`object_speed: 0` keeps the objects (same placement) but nothing moves: no dynamic pixel, static tracks."""
+    moving = SyntheticDynamicDataset(num_frames=3, image_size=56, num_clips=3, num_objects=(2, 2), frame_interval=1.0)
+    still = SyntheticDynamicDataset(num_frames=3, image_size=56, num_clips=3, num_objects=(2, 2), frame_interval=1.0,
+                                    object_speed=0.0)
+    a, b = moving.build_scene(2)[0], still.build_scene(2)[0]
+    assert torch.equal(a.centers[0], b.centers[0])  # frame 0: the same objects in the same places
+    assert a.dynamic.any() and not b.dynamic.any()
+    torch.testing.assert_close(b.centers, b.centers[:1].expand_as(b.centers), atol=0, rtol=0)
+    torch.testing.assert_close(b.rotations, b.rotations[:1].expand_as(b.rotations), atol=0, rtol=0)
+    sample = still[2]
+    assert not sample["dynamic_masks"].any()
+    with pytest.raises(ValueError, match="object_speed"):
+        SyntheticDynamicDataset(object_speed=-1.0)

@@ -94,7 +94,8 @@ class SyntheticDynamicDataset(Dataset):
     (seed, split, index). Frames are `frame_interval` seconds apart (larger = more motion per clip).
     `checker_frequency` and `noise_frequency` are the texture bands in cycles per metre (default: fine,
     repetitive checkers; low bands such as (0.5, 1.5) and (0.3, 3.0) give large unrepeated patterns, which make
-    frame-to-frame matching, and so relative pose, far less ambiguous).
+    frame-to-frame matching, and so relative pose, far less ambiguous). `object_speed` scales the objects'
+    motion (0: the same objects stand still, a static scene).
     Returns the DESIGN.md sample dict; with `normalize=True` the GT is normalised by
     `page4d_lightning.geometry.normalize_sample` (which adds `scale`), built in camera 0's frame directly.
     """
@@ -116,6 +117,7 @@ class SyntheticDynamicDataset(Dataset):
         frame_interval: float = 0.1,
         checker_frequency: tuple[float, float] = CHECKER_FREQUENCY,
         noise_frequency: tuple[float, float] = NOISE_FREQUENCY,
+        object_speed: float = 1.0,
     ) -> None:
         if not frame_interval > 0:
             raise ValueError(f"frame_interval: expected seconds between frames > 0, got {frame_interval}")
@@ -132,6 +134,9 @@ class SyntheticDynamicDataset(Dataset):
         for name, band in (("checker_frequency", checker_frequency), ("noise_frequency", noise_frequency)):
             if len(band) != 2 or not 0 < band[0] <= band[1]:
                 raise ValueError(f"{name}: expected a band (lo, hi) in cycles per metre with 0 < lo <= hi, got {band}")
+        if not object_speed >= 0:
+            raise ValueError(f"object_speed: expected a motion scale >= 0 (0: the objects stand still), got "
+                             f"{object_speed}")
         self.root = root
         self.num_frames = num_frames
         self.width = image_size
@@ -145,6 +150,7 @@ class SyntheticDynamicDataset(Dataset):
         self.frame_interval = frame_interval
         self.checker_frequency = (float(checker_frequency[0]), float(checker_frequency[1]))
         self.noise_frequency = (float(noise_frequency[0]), float(noise_frequency[1]))
+        self.object_speed = float(object_speed)
 
     def __len__(self) -> int:
         return self.num_clips
@@ -157,7 +163,7 @@ class SyntheticDynamicDataset(Dataset):
         g = clip_generator(self.seed, self.split, index)
         S, H = num_frames or self.num_frames, height or self.height
         scene = sample_scene(g, S, H / self.width, self.num_objects, self.frame_interval,
-                             self.checker_frequency, self.noise_frequency)
+                             self.checker_frequency, self.noise_frequency, self.object_speed)
         return scene, g
 
     def __getitem__(self, key: int | tuple) -> Sample:

@@ -170,10 +170,11 @@ def _furniture(
 
 def _moving_object(
     draws: _Draws, times: Tensor, cam_rot: Tensor, cam_centers: Tensor, tan_half: tuple[float, float],
-    room_center: Tensor, room_half: Tensor,
+    room_center: Tensor, room_half: Tensor, speed: float = 1.0,
 ) -> tuple[int, Tensor, Tensor, Tensor] | None:
-    """A moving sphere or box placed in the first camera's view, its motion independent of the camera's
-    -> (kind, rotations (S, 3, 3), centres (S, 3), half sizes (3,)), or None if no clear placement was found."""
+    """A moving sphere or box placed in the first camera's view, its motion independent of the camera's and scaled
+    by `speed` (0: it stands still) -> (kind, rotations (S, 3, 3), centres (S, 3), half sizes (3,)), or None if no
+    clear placement was found."""
     for _attempt in range(30):
         kind = SPHERE if draws.uniform() < 0.5 else BOX
         if kind == SPHERE:
@@ -184,10 +185,10 @@ def _moving_object(
         ray = torch.tensor([draws.uniform(-0.7, 0.7) * tan_half[0], draws.uniform(-0.6, 0.6) * tan_half[1], 1.0])
         base = cam_centers[0] + cam_rot[0] @ ray * draws.uniform(1.8, 3.6)
         amp = [draws.uniform(0.2, 0.6), draws.uniform(0.07, 0.2), draws.uniform(0.2, 0.6)]
-        centers = base + _wobble(draws, times, amp, 1.0, 3.0)
+        centers = base + speed * _wobble(draws, times, amp, 1.0, 3.0)
         centers = _clamp_box(centers, room_center, room_half, torch.minimum(torch.full((3,), radius), room_half - 0.05))
         spin = torch.tensor(draws.unit_vector()) * draws.uniform(0.6, 2.5)  # axis-angle rate, rad/s
-        rotations = draws.rotation() @ axis_angle_to_matrix(spin * times[:, None])
+        rotations = draws.rotation() @ axis_angle_to_matrix(speed * spin * times[:, None])
         if (centers - cam_centers).norm(dim=-1).min() > radius + 0.5:
             return kind, rotations, centers, half
     return None
@@ -224,10 +225,13 @@ def sample_scene(
     frame_dt: float = FRAME_DT,
     checker_frequency: tuple[float, float] = CHECKER_FREQUENCY,
     noise_frequency: tuple[float, float] = NOISE_FREQUENCY,
+    object_speed: float = 1.0,
 ) -> Scene:
     """Draw one random scene with `num_frames` frames `frame_dt` seconds apart; `aspect_ratio` = H / W of the
     images it will be viewed in. Texture bands (cycles per metre): the checker's `checker_frequency` and the
-    noise stripes' `noise_frequency`; low bands give large, unrepeated patterns (easy to match across frames)."""
+    noise stripes' `noise_frequency`; low bands give large, unrepeated patterns (easy to match across frames).
+    `object_speed` scales the objects' motion: 0 places the same objects standing still (a static scene: none is
+    marked dynamic)."""
     draws = _Draws(g)
     times = torch.arange(num_frames, dtype=torch.float32) * frame_dt
     room_half = torch.tensor([draws.uniform(2.5, 4.0), draws.uniform(1.1, 1.6), draws.uniform(3.0, 4.5)])
@@ -237,7 +241,7 @@ def sample_scene(
     cam_rot, cam_centers = _camera_path(draws, times, room_center, room_half)
     furniture = _furniture(draws, draws.integer(2, 4), room_center, room_half, cam_centers)
     objects = [
-        _moving_object(draws, times, cam_rot, cam_centers, tan_half, room_center, room_half)
+        _moving_object(draws, times, cam_rot, cam_centers, tan_half, room_center, room_half, object_speed)
         for _ in range(draws.integer(*num_objects))
     ]
     if any(o is None for o in objects):
@@ -254,7 +258,7 @@ def sample_scene(
         centers.append(cen)
         halves.append(half)
         kinds.append(kind)
-    dynamic = torch.tensor([i > len(furniture) for i in range(len(kinds))])
+    dynamic = torch.tensor([i > len(furniture) and object_speed > 0 for i in range(len(kinds))])
     horizontal = draws.unit_vector()
     light = torch.tensor([horizontal[0], -1.2, horizontal[1]])
     return Scene(

@@ -75,7 +75,7 @@ def trajectories(loader: Any, max_clips: int | None = None) -> torch.Tensor:
 
 
 def ship(checkpoint: str, config: str, out: str, dtype: str = "float16", train_clips: int = 512,
-         overrides: list[str] | None = None) -> dict[str, Any]:
+         overrides: list[str] | None = None, history: str | None = None) -> dict[str, Any]:
     """Export, validate and write the card (module docstring); returns the card."""
     overrides = overrides or []
     weights, card_path = Path(out).with_suffix(".safetensors"), Path(out).with_suffix(".json")
@@ -107,6 +107,7 @@ def ship(checkpoint: str, config: str, out: str, dtype: str = "float16", train_c
         "recipe_commit": _git("log", "-1", "--format=%H", "--", config),
         "recipe_modified_since_commit": bool(_git("status", "--porcelain", "--", config)),
         "trained_steps": int(trained.get("global_step", -1)),
+        "history": history,
         "val": val_figures,
         "val_clips": len(val),
         "baselines": baselines,
@@ -138,10 +139,12 @@ def ship_main(args: list[str]) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype of the weights")
     parser.add_argument("--train-clips", type=int, default=512,
                         help="training clips whose mean trajectory is the constant baseline")
+    parser.add_argument("--history", default=None,
+                        help="how the checkpoint was trained when it was not one run of --config (kept in the card)")
     ns, overrides = parser.parse_known_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        card = ship(ns.checkpoint, ns.config, ns.out, ns.dtype, ns.train_clips, overrides)
+        card = ship(ns.checkpoint, ns.config, ns.out, ns.dtype, ns.train_clips, overrides, ns.history)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         parser.exit(2, f"page4d ship: error: {err}\n")
     shown = {k: card[k] for k in ("val", "baselines", "baseline_over_model", "pose_learned")}
