@@ -69,6 +69,15 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path: Path) -> None:
     _assert_loadable_last(tmp_path, step=1)
 
 
+def _wait_for_step(process: subprocess.Popen, marker: Path, step: int, timeout: float = 120) -> None:
+    """Wait until the run's `StepMarker` file says it finished `step` (failing if the process ends first)."""
+    deadline = time.monotonic() + timeout
+    while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= step):
+        assert process.poll() is None, process.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, f"the run did not reach step {step} in {timeout} s"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_a_stopped_run_saves_its_last_step(tmp_path: Path, sig: signal.Signals, exit_code: int) -> None:
     """Ctrl-C and a cluster's SIGTERM mid-run: the process exits with a failure code (so a job script sees it was
@@ -78,11 +87,7 @@ def test_a_stopped_run_saves_its_last_step(tmp_path: Path, sig: signal.Signals, 
     process = start_page4d("fit", *SMALL, "--trainer.max_steps=1000", f"--trainer.callbacks+={json.dumps(slow)}",
                            cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= 2):
-            assert process.poll() is None, process.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "the run did not reach step 2 in 120 s"
-            time.sleep(0.1)
+        _wait_for_step(process, marker, 2)
         process.send_signal(sig)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -136,11 +141,7 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_saves_the_step_rea
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= 3):
-            assert process.poll() is None, process.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "the run did not reach step 3 in 120 s"
-            time.sleep(0.1)
+        _wait_for_step(process, marker, 3)
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:

@@ -4,9 +4,10 @@ Four fine-tunes of the same start on the same dynamic synthetic data with the sa
 `page4d fit --config experiments/synthetic.yaml` process with a few overrides, over several seeds:
 - `all_blocks`: every frame and global block trains (and the mask head, with the mask schedule);
 - `middle_no_mask`: the middle blocks only, the dynamics bias off and the mask head frozen;
-- `middle_mask`: the middle blocks and the mask head, the bias on and fading out (PAGE-4D, `make train`);
+- `middle_mask`: the middle blocks and the mask head, the bias on and fading out (PAGE-4D, `make train` as is);
 - `middle_mask_gt`: as `middle_mask`, with the mask head also supervised by the exact synthetic mask for the whole
-  run (`loss.mask`, an option the official code lacks).
+  run (`loss.mask`, an option the official code lacks; its LR no longer follows the mask strength).
+Groups and learning rates are the experiment's in every variant.
 The track head trains in every variant (it is part of the default run). Writes to `--out` (results/ablation):
 `table.md` / `table.csv` (last validation, mean +- std over seeds: ATE, RPE-t, RPE-r, AbsRel and delta on static
 and on dynamic pixels, mask IoU, trainable parameters), `curves.png` (the validation curves),
@@ -37,36 +38,32 @@ from page4d_lightning.tools.attention_mass import attention_mass, summarize_atte
 from page4d_lightning.tools.data import load_experiment
 
 EXPERIMENT = "experiments/synthetic.yaml"
-MIDDLE = ["aggregator.frame_blocks.[3-6].*", "aggregator.global_blocks.[3-6].*"]
+MASK_HEAD = "aggregator.spatial_mask_head.*"
 ALL_BLOCKS = ["aggregator.frame_blocks.*", "aggregator.global_blocks.*"]
-MASK_HEAD, TRACK_HEAD = "aggregator.spatial_mask_head.*", "track_head.*"
-
-
-def _policy(blocks: list[str], mask_head: bool, mask_follows_strength: bool = True) -> dict[str, Any]:
-    """The experiment's policy (groups, LRs) over `blocks`, with or without the mask head."""
-    groups = [
-        {"name": "frame_blocks", "params": ["aggregator.frame_blocks.*"], "lr": 1e-4, "weight_decay": 0.01,
-         "warmup_fraction": 0.05},
-        {"name": "global_blocks", "params": ["aggregator.global_blocks.*"], "lr": 1e-4, "weight_decay": 0.01,
-         "warmup_fraction": 0.05},
-        {"name": "track_head", "params": [TRACK_HEAD], "lr": 5e-4, "weight_decay": 0.01, "warmup_fraction": 0.05},
-    ]
-    if mask_head:
-        groups.insert(2, {"name": "mask_head", "params": [MASK_HEAD], "lr": 2e-4, "weight_decay": 0.02,
-                          "warmup_fraction": 0.15, "follows_mask_strength": mask_follows_strength})
-    return {"trainable": [*blocks, *([MASK_HEAD] if mask_head else []), TRACK_HEAD], "groups": groups}
 
 
 def variant_overrides(experiment_model: dict[str, Any]) -> dict[str, list[str]]:
-    """Variant name -> the `page4d fit` overrides that make it from the experiment (its `model` section)."""
-    loss_with_mask = {**experiment_model["loss"], "mask": {"weight": 1.0}}
+    """Variant name -> the `page4d fit` overrides that make it from the experiment (its `model` section, whose
+    `finetune` policy is PAGE-4D's: middle blocks, mask head with `follows_mask_strength`, and their groups). Every
+    variant keeps the experiment's groups and learning rates; only what trains, the mask and the mask loss change."""
+    policy = experiment_model.get("finetune")
+    if not isinstance(policy, dict) or MASK_HEAD not in policy.get("trainable", []):
+        raise ValueError(f"the experiment's model.finetune must be a {{trainable, groups}} policy that trains "
+                         f"{MASK_HEAD} (experiments/synthetic.yaml's), got {policy!r}")
+    blocks = [g for g in policy["trainable"] if g.startswith(("aggregator.frame_blocks", "aggregator.global_blocks"))]
+    others = [g for g in policy["trainable"] if g not in blocks]
+    all_blocks = {**policy, "trainable": [*ALL_BLOCKS, *others]}
+    no_mask = {"trainable": [g for g in policy["trainable"] if g != MASK_HEAD],
+               "groups": [g for g in policy["groups"] if MASK_HEAD not in g["params"]]}
+    supervised = {**policy, "groups": [{**g, "follows_mask_strength": False} if MASK_HEAD in g["params"] else g
+                                       for g in policy["groups"]]}
+    loss = {**(experiment_model.get("loss") or {}), "mask": {"weight": 1.0}}
     return {
-        "all_blocks": ["--model.finetune", json.dumps(_policy(ALL_BLOCKS, mask_head=True))],
-        "middle_no_mask": ["--model.finetune", json.dumps(_policy(MIDDLE, mask_head=False)),
-                           "--model.mask_schedule", "null", "--model.mask_strength", "0.0"],
-        "middle_mask": ["--model.finetune", json.dumps(_policy(MIDDLE, mask_head=True))],
-        "middle_mask_gt": ["--model.finetune", json.dumps(_policy(MIDDLE, mask_head=True, mask_follows_strength=False)),
-                           "--model.loss", json.dumps(loss_with_mask)],
+        "all_blocks": ["--model.finetune", json.dumps(all_blocks)],
+        "middle_no_mask": ["--model.finetune", json.dumps(no_mask), "--model.mask_schedule", "null",
+                           "--model.mask_strength", "0.0"],
+        "middle_mask": [],
+        "middle_mask_gt": ["--model.finetune", json.dumps(supervised), "--model.loss", json.dumps(loss)],
     }
 
 
