@@ -40,10 +40,11 @@ def test_help_lists_every_command_and_tool(tmp_path: Path) -> None:
     run = run_page4d("--help", cwd=tmp_path)
     assert run.returncode == 0, explain(run)
     listed = [line.split()[0] for line in run.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "data", "pack", "export-weights", "eval", "analyze-layers"]
+    tools = ["data", "pack", "export-weights", "eval", "analyze-layers", "ablation", "ship"]
+    assert listed == ["fit", "validate", "test", "predict", *tools]
     bare = run_page4d(cwd=tmp_path)
     assert bare.returncode == 2 and bare.stdout == run.stdout
-    for tool in ("data", "pack", "export-weights", "eval", "analyze-layers"):
+    for tool in tools:
         tool_help = run_page4d(tool, "--help", cwd=tmp_path)
         assert tool_help.returncode == 0 and f"page4d {tool}" in tool_help.stdout, explain(tool_help)
     assert not list(tmp_path.iterdir())
@@ -111,6 +112,6 @@ def test_the_config_saved_beside_a_run_parses_again(trained: Path) -> None:
     run = run_page4d("fit", "--config", str(saved[0]), "--print_config", cwd=trained)
     assert run.returncode == 0, explain(run)
     config = yaml.safe_load(run.stdout)
-    assert config["base"] is None and config["trainer"]["default_root_dir"] == "checkpoints/synthetic"
+    assert config["base"] is None and config["trainer"]["default_root_dir"] == "checkpoints/synthetic_scratch"
     assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
         "ModelCheckpoint", "LastCheckpoint", "LearningRateMonitor", "VisualLogger"]

@@ -102,7 +102,8 @@ def test_inspect_synthetic_experiment(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_inspect_unconfigured_split_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = ["data", "inspect", "--config", str(ROOT / "experiments/synthetic_scratch.yaml"), "--data.init_args.test", "null"]
+    args = ["data", "inspect", "--config", str(ROOT / "experiments/synthetic_scratch.yaml"),
+            "--data.init_args.test", "null"]
     assert main([*args, "--split", "test"]) == 2
     assert main([*args, "--data.init_args.nope", "1"]) == 2  # a bad override: the LightningCLI parse error
     assert not (tmp_path / "inspect").exists()

@@ -36,7 +36,8 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _eval(folder: Path, bench: str, protocol: str, test: dict) -> str:
-    run = run_page4d("eval", "--ckpt", "checkpoints/synthetic/last.ckpt", "--data-root", "data", "--bench", bench,
+    run = run_page4d("eval", "--ckpt", "checkpoints/synthetic_scratch/last.ckpt", "--data-root", "data",
+                     "--bench", bench,
                      "--protocol", protocol, "--configs", str(ROOT / "experiments" / "eval"),
                      *FAST, "--data.init_args.test", json.dumps(test), cwd=folder, timeout=600)
     assert run.returncode == 0, explain(run)
@@ -46,7 +47,7 @@ def _eval(folder: Path, bench: str, protocol: str, test: dict) -> str:
 def test_official_sintel_protocols_write_every_table(workspace: Path) -> None:
     out = _eval(workspace, "sintel", "official",
                 {"frame_list": str(workspace / "sintel.txt"), "resize": "stretch", "aspect_ratio": 1.0})
-    results = workspace / "results" / "synthetic_last"
+    results = workspace / "results" / "synthetic_scratch_last"
     for task in ("video_depth", "mono_depth", "pose"):
         name = f"sintel_{task}_official"
         assert f"== {name}" in out
@@ -68,7 +69,7 @@ def test_official_sintel_protocols_write_every_table(workspace: Path) -> None:
 def test_a_benchmark_without_root_is_skipped_and_tum_pose_runs(workspace: Path) -> None:
     out = _eval(workspace, "tum,bonn", "standard", {"frame_list": str(workspace / "tum.txt")})
     assert "skip bonn_video_depth_standard: no data root" in out
-    payload = json.loads((workspace / "results" / "synthetic_last" / "tum_pose_standard.json").read_text())
+    payload = json.loads((workspace / "results" / "synthetic_scratch_last" / "tum_pose_standard.json").read_text())
     assert sorted(r["sequence"] for r in payload["sequences"]) == ["rgbd_dataset_freiburg3_sitting_static",
                                                                    "rgbd_dataset_freiburg3_walking_xyz"]
     assert payload["protocol"]["protocol"] == "standard" and payload["protocol"]["autocast"] is None

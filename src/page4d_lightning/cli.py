@@ -48,12 +48,12 @@ TOOLS: dict[str, tuple[str, str]] = {
                        "a run's checkpoint -> the model's weights with the official key names"),
     "eval": ("page4d_lightning.tools.evaluate:evaluate_main",
              "every benchmark protocol of experiments/eval/ with a data root -> results/<run>/ tables"),
+    "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
+                       "per-block noise, attention and mask-swap measures; a freeze policy"),
     "ablation": ("page4d_lightning.tools.ablation:ablation_main",
                  "the miniature's ablation: 4 fine-tunes of the static start x seeds -> results/ablation/"),
     "ship": ("page4d_lightning.tools.ship:ship_main",
              "a trained start -> weights + a card with its recipe, val figures and the pose baselines"),
-    "analyze-layers": ("page4d_lightning.tools.analyze_layers:analyze_layers_main",
-                       "per-block noise, attention and mask-swap measures; a freeze policy"),
 }
 """Tool subcommands: name -> ("module:function", one-line help); the function takes the remaining arguments and
 returns an exit code. Imported only when called, so `page4d fit` never pays for a tool's imports."""
